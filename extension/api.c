@@ -14,6 +14,7 @@
 
 #include <math.h>
 
+#include "commands/async.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
@@ -27,6 +28,8 @@ PG_FUNCTION_INFO_V1(tq_check_payload);
 PG_FUNCTION_INFO_V1(tq_check_name);
 PG_FUNCTION_INFO_V1(tq_check_label);
 PG_FUNCTION_INFO_V1(tq_backoff);
+PG_FUNCTION_INFO_V1(tq_wake);
+PG_FUNCTION_INFO_V1(tq_check_result);
 
 /* Longest queue name: fits an unquoted identifier. */
 #define TQ_NAME_MAX 63
@@ -220,4 +223,47 @@ tq_backoff(PG_FUNCTION_ARGS)
 	result = (Interval *) palloc0(sizeof(Interval));
 	result->time = (TimeOffset) delay;
 	PG_RETURN_INTERVAL_P(result);
+}
+
+/*
+ * tq.check_result(result jsonb) returns jsonb
+ *
+ * A task's result may be any JSON value (or NULL), but no larger than
+ * tq.max_payload_size: results live in the history table, and a worker
+ * bug that reports a 500 MB blob must not be able to fill it.
+ */
+Datum
+tq_check_result(PG_FUNCTION_ARGS)
+{
+	Jsonb	   *result;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	result = PG_GETARG_JSONB_P(0);
+	if (VARSIZE(result) > (Size) tq_max_payload_size)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("task result is too large"),
+				 errdetail("The result takes %zu bytes; tq.max_payload_size is %d bytes.",
+						   (Size) VARSIZE(result), tq_max_payload_size),
+				 errhint("Store large results elsewhere and return a reference to them.")));
+	PG_RETURN_JSONB_P(result);
+}
+
+/*
+ * tq.wake(queue text) returns void
+ *
+ * Tells idle workers that a queue has ready work.  Today this is a NOTIFY
+ * on channel tq_ready with the queue name as payload; PostgreSQL folds
+ * identical notifications of one transaction into one, so a bulk submit
+ * sends one per queue.  Every producer-side wake-up goes through this one
+ * function so that it can be replaced wholesale: a notifying transaction
+ * takes a database-wide lock at commit, which caps single-task submits.
+ */
+Datum
+tq_wake(PG_FUNCTION_ARGS)
+{
+	if (tq_producer_notify && !PG_ARGISNULL(0))
+		Async_Notify("tq_ready", text_to_cstring(PG_GETARG_TEXT_PP(0)));
+	PG_RETURN_VOID();
 }

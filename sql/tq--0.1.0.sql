@@ -1,0 +1,1916 @@
+/*
+ * tq 0.1.0 -- install script.
+ *
+ * Layout: the API (functions named tq_*, views tq_*) lives in the schema the
+ * extension is installed into (@extschema@, public by default); tables,
+ * types and internal helpers live in schema tq.
+ *
+ * The task's life: scheduled (run_at in the future or waiting out a retry
+ * backoff) -> ready -> running (leased, with a deadline and a fencing token,
+ * the attempt number) -> succeeded | dead | cancelled | expired.  paused
+ * holds ready tasks of a paused queue or tenant.
+ *
+ * Storage: live tasks (scheduled, ready, paused, running) sit in the small
+ * hot table tq.task.  A finished task is deleted from it and written to
+ * tq.history in the same statement.  tq.history is partitioned by queue and
+ * then by finish time, so retention drops whole partitions and neither
+ * table needs a vacuum of dead task rows to stay small.
+ *
+ * Dispatch: one partial B-tree per state that a reader scans
+ * (task_dispatch_idx over ready tasks in dispatch order), claimed with
+ * FOR UPDATE SKIP LOCKED, so tq_lease reads only the rows it returns.
+ *
+ * Every API function that touches tables is SECURITY DEFINER with a pinned
+ * search_path and schema-qualified references; callers need only EXECUTE,
+ * granted through the roles tq_producer, tq_worker and tq_admin.
+ */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION tq" to load this file. \quit
+
+CREATE SCHEMA tq;
+COMMENT ON SCHEMA tq IS 'Internal tables, types and helpers of the tq extension; use the tq_* functions and views instead.';
+
+CREATE TYPE tq.task_state AS ENUM
+    ('scheduled', 'ready', 'paused', 'running', 'succeeded', 'dead', 'cancelled', 'expired');
+COMMENT ON TYPE tq.task_state IS 'Life cycle of a task: scheduled -> ready -> running -> succeeded | dead | cancelled | expired; paused holds ready tasks of a paused queue or tenant.';
+
+------------------------------------------------------------------------------
+-- Tables
+------------------------------------------------------------------------------
+
+CREATE TABLE tq.queue (
+    name            text PRIMARY KEY,
+    id              integer GENERATED ALWAYS AS IDENTITY UNIQUE,
+    max_attempts    integer NOT NULL DEFAULT 25,
+    lease           interval NOT NULL DEFAULT '1 minute',
+    backoff_base    interval NOT NULL DEFAULT '1 second',
+    backoff_cap     interval NOT NULL DEFAULT '1 hour',
+    throttle_limit  integer NOT NULL DEFAULT 20,
+    dedup_window    interval NOT NULL DEFAULT '1 day',
+    retention       interval NOT NULL DEFAULT '7 days',
+    backlog_limit   bigint,
+    timeout         interval,
+    paused          boolean NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE tq.queue IS 'One row per queue and its options; managed with tq_create_queue, tq_alter_queue and tq_drop_queue.';
+COMMENT ON COLUMN tq.queue.name IS 'Queue name: a letter, then letters, digits, _, - or ., at most 63 bytes.';
+COMMENT ON COLUMN tq.queue.id IS 'Short number used to name the queue''s history partitions.';
+COMMENT ON COLUMN tq.queue.max_attempts IS 'Attempts a task gets before it is dead, unless the submit overrides it.';
+COMMENT ON COLUMN tq.queue.lease IS 'How long a lease lasts without a heartbeat (visibility timeout).';
+COMMENT ON COLUMN tq.queue.backoff_base IS 'Retry delay window of the first retry; it doubles with each retry up to backoff_cap (full jitter).';
+COMMENT ON COLUMN tq.queue.backoff_cap IS 'Largest retry delay window.';
+COMMENT ON COLUMN tq.queue.throttle_limit IS 'Throttled failures (retry => ''throttled'') a task may have that do not use up an attempt.';
+COMMENT ON COLUMN tq.queue.dedup_window IS 'How long a succeeded task keeps its dedup_key taken.';
+COMMENT ON COLUMN tq.queue.retention IS 'How long finished tasks stay in history before their partition is dropped.';
+COMMENT ON COLUMN tq.queue.backlog_limit IS 'Most queued (scheduled, ready, paused) tasks the queue accepts; NULL for no limit.';
+COMMENT ON COLUMN tq.queue.timeout IS 'Default run-time limit the worker enforces; NULL for none.';
+COMMENT ON COLUMN tq.queue.paused IS 'True while the whole queue is paused (tq_pause).';
+
+CREATE TABLE tq.tenant_pause (
+    queue       text NOT NULL,
+    tenant      text NOT NULL,
+    paused_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, tenant)
+);
+COMMENT ON TABLE tq.tenant_pause IS 'Tenants paused within a queue (tq_pause with a tenant).';
+
+CREATE SEQUENCE tq.task_id_seq AS bigint;
+COMMENT ON SEQUENCE tq.task_id_seq IS 'Task ids; also the submission order used as tie-breaker in dispatch.';
+
+/*
+ * The hot table.  Autovacuum is set to keep up with a queue's churn:
+ * every lease and finish leaves a dead tuple and dead index entries at
+ * the head of task_dispatch_idx, and skipping them is the main cost of a
+ * SKIP LOCKED queue that is not vacuumed often enough.
+ */
+CREATE TABLE tq.task (
+    id               bigint PRIMARY KEY DEFAULT nextval('tq.task_id_seq'),
+    queue            text NOT NULL,
+    state            tq.task_state NOT NULL,
+    priority         smallint NOT NULL DEFAULT 0,
+    tenant           text,
+    payload          jsonb NOT NULL,
+    dedup_key        text,
+    run_at           timestamptz NOT NULL DEFAULT now(),
+    expires_at       timestamptz,
+    timeout          interval,
+    max_attempts     integer NOT NULL,
+    attempt          integer NOT NULL DEFAULT 0,
+    free_attempts    integer NOT NULL DEFAULT 0,
+    throttles        integer NOT NULL DEFAULT 0,
+    worker           text,
+    lease_until      timestamptz,
+    lease_duration   interval,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    last_error       text,
+    submitted_at     timestamptz NOT NULL DEFAULT now(),
+    first_started_at timestamptz,
+    started_at       timestamptz,
+    CHECK (state IN ('scheduled', 'ready', 'paused', 'running'))
+) WITH (autovacuum_vacuum_scale_factor = 0.0,
+        autovacuum_vacuum_threshold = 5000,
+        autovacuum_vacuum_insert_scale_factor = 0.0,
+        autovacuum_vacuum_insert_threshold = 50000,
+        autovacuum_vacuum_cost_delay = 0);
+ALTER SEQUENCE tq.task_id_seq OWNED BY tq.task.id;
+COMMENT ON TABLE tq.task IS 'Live tasks (scheduled, ready, paused, running); finished tasks move to tq.history.';
+COMMENT ON COLUMN tq.task.attempt IS 'Times the task has been leased; the fencing token every lease-holder call must quote.';
+COMMENT ON COLUMN tq.task.free_attempts IS 'Leases that do not count against max_attempts (throttled failures, releases, manual retries).';
+COMMENT ON COLUMN tq.task.throttles IS 'Throttled failures so far, bounded by the queue''s throttle_limit.';
+COMMENT ON COLUMN tq.task.lease_duration IS 'Length of the current lease; each heartbeat extends the lease by it.';
+COMMENT ON COLUMN tq.task.cancel_requested IS 'Set by tq_cancel on a running task; the next heartbeat reports it to the worker.';
+
+-- Dispatch order: priority first, then submission order.
+CREATE INDEX task_dispatch_idx ON tq.task (queue, priority DESC, id) WHERE state = 'ready';
+-- Promotion of due scheduled tasks.
+CREATE INDEX task_scheduled_idx ON tq.task (queue, run_at) WHERE state = 'scheduled';
+-- Reclaim of expired leases.
+CREATE INDEX task_running_idx ON tq.task (lease_until) WHERE state = 'running';
+-- Resume of paused tasks.
+CREATE INDEX task_paused_idx ON tq.task (queue, tenant) WHERE state = 'paused';
+-- Expiry of tasks that did not start in time.
+CREATE INDEX task_expires_idx ON tq.task (expires_at) WHERE expires_at IS NOT NULL AND state <> 'running';
+
+/*
+ * Finished tasks.  LIST by queue, then RANGE by finished_at inside each
+ * queue, so that per-queue retention drops whole partitions (see
+ * tq._ensure_partitions).  Each queue's range table also has a DEFAULT
+ * partition as a safety net for rows that arrive before maintenance has
+ * created their partition.
+ */
+CREATE TABLE tq.history (
+    id               bigint NOT NULL,
+    queue            text NOT NULL,
+    state            tq.task_state NOT NULL,
+    priority         smallint NOT NULL,
+    tenant           text,
+    payload          jsonb NOT NULL,
+    result           jsonb,
+    last_error       text,
+    dedup_key        text,
+    run_at           timestamptz NOT NULL,
+    expires_at       timestamptz,
+    timeout          interval,
+    max_attempts     integer NOT NULL,
+    attempt          integer NOT NULL,
+    free_attempts    integer NOT NULL,
+    throttles        integer NOT NULL,
+    worker           text,
+    submitted_at     timestamptz NOT NULL,
+    first_started_at timestamptz,
+    started_at       timestamptz,
+    finished_at      timestamptz NOT NULL
+) PARTITION BY LIST (queue);
+COMMENT ON TABLE tq.history IS 'Finished tasks (succeeded, dead, cancelled, expired), partitioned by queue and finish time; retention drops old partitions.';
+CREATE INDEX history_id_idx ON tq.history (id);
+CREATE INDEX history_dead_idx ON tq.history (queue, finished_at) WHERE state = 'dead';
+
+CREATE TABLE tq.history_part (
+    queue   text NOT NULL,
+    relname name NOT NULL,
+    lo      timestamptz NOT NULL,
+    hi      timestamptz NOT NULL,
+    PRIMARY KEY (queue, lo)
+);
+COMMENT ON TABLE tq.history_part IS 'The time-range partitions of tq.history that maintenance created, with their bounds.';
+
+/*
+ * Deduplication keys.  A row exists while its task is live (until =
+ * infinity) and for the queue's dedup_window after it succeeded.  The
+ * primary key makes concurrent submits of one key race-free: the second
+ * waits for the first and then sees its row (INSERT ... ON CONFLICT).
+ * The row outlives the task's move to history, which is why dedup is not
+ * a unique index on tq.task.
+ */
+CREATE TABLE tq.dedup (
+    queue       text NOT NULL,
+    dedup_key   text NOT NULL,
+    task_id     bigint NOT NULL,
+    until       timestamptz NOT NULL DEFAULT 'infinity',
+    PRIMARY KEY (queue, dedup_key)
+);
+COMMENT ON TABLE tq.dedup IS 'Taken deduplication keys: held while the task is live and for dedup_window after it succeeded.';
+CREATE INDEX dedup_until_idx ON tq.dedup (until) WHERE until <> 'infinity';
+
+CREATE TABLE tq.meta (
+    one              boolean PRIMARY KEY DEFAULT true CHECK (one),
+    next_maintenance timestamptz NOT NULL DEFAULT '-infinity'
+);
+INSERT INTO tq.meta DEFAULT VALUES;
+COMMENT ON TABLE tq.meta IS 'Single row of extension-wide state: when the next opportunistic maintenance pass is due.';
+
+-- pg_dump keeps the contents of these tables (extension members are
+-- otherwise dumped without data).
+SELECT pg_catalog.pg_extension_config_dump('tq.queue', '');
+SELECT pg_catalog.pg_extension_config_dump('tq.tenant_pause', '');
+SELECT pg_catalog.pg_extension_config_dump('tq.task', '');
+SELECT pg_catalog.pg_extension_config_dump('tq.task_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('tq.history_part', '');
+SELECT pg_catalog.pg_extension_config_dump('tq.dedup', '');
+
+------------------------------------------------------------------------------
+-- C helpers (extension/api.c)
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tq.check_payload(payload jsonb) RETURNS jsonb
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_check_payload';
+COMMENT ON FUNCTION tq.check_payload(jsonb) IS 'Returns the payload if it is a JSON object within tq.max_payload_size; raises otherwise.';
+
+CREATE FUNCTION tq.check_result(result jsonb) RETURNS jsonb
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_check_result';
+COMMENT ON FUNCTION tq.check_result(jsonb) IS 'Returns the result if it is within tq.max_payload_size; raises otherwise.';
+
+CREATE FUNCTION tq.check_name(name text, what text DEFAULT 'queue') RETURNS text
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_check_name';
+COMMENT ON FUNCTION tq.check_name(text, text) IS 'Returns the name if it is a valid tq name (a letter, then letters, digits, _, -, .; at most 63 bytes); raises otherwise.';
+
+CREATE FUNCTION tq.check_label(value text, what text, max_len integer) RETURNS text
+    LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_check_label';
+COMMENT ON FUNCTION tq.check_label(text, text, integer) IS 'Returns the label (tenant, dedup key, worker) if non-empty, short enough and free of control characters; NULL passes.';
+
+CREATE FUNCTION tq.backoff(n integer, base interval, cap interval) RETURNS interval
+    LANGUAGE c VOLATILE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_backoff';
+COMMENT ON FUNCTION tq.backoff(integer, interval, interval) IS 'Retry delay for retry number n: uniform in [0, min(cap, base * 2^(n-1))] (full jitter), at least base/10.';
+
+CREATE FUNCTION tq.wake(queue text) RETURNS void
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'tq_wake';
+COMMENT ON FUNCTION tq.wake(text) IS 'Wakes idle workers of a queue (NOTIFY tq_ready, once per queue per transaction) unless tq.producer_notify is off.';
+
+------------------------------------------------------------------------------
+-- Internal helpers
+------------------------------------------------------------------------------
+
+/*
+ * Raise the error for an unknown queue.  Kept in one place so that every
+ * entry point says the same thing and points at tq_create_queue.
+ */
+CREATE FUNCTION tq.no_such_queue(p_queue text) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'undefined_object',
+        MESSAGE = format('queue "%s" does not exist', p_queue),
+        HINT = format('Create it first: SELECT tq_create_queue(%L);', p_queue);
+END
+$$;
+COMMENT ON FUNCTION tq.no_such_queue(text) IS 'Raises the unknown-queue error (SQLSTATE 42704) with a hint naming tq_create_queue.';
+
+-- The queue row, or the unknown-queue error.
+CREATE FUNCTION tq.get_queue(p_queue text) RETURNS tq.queue
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q tq.queue;
+BEGIN
+    IF p_queue IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'queue must not be null',
+            HINT = 'Pass the name of a queue created with tq_create_queue.';
+    END IF;
+    SELECT * INTO q FROM tq.queue WHERE name = p_queue;
+    IF NOT FOUND THEN
+        PERFORM tq.no_such_queue(p_queue);
+    END IF;
+    RETURN q;
+END
+$$;
+COMMENT ON FUNCTION tq.get_queue(text) IS 'Returns the queue row; raises a clear error when the queue is NULL or unknown.';
+
+/*
+ * Bounds check for an interval argument: NULL passes when allowed, zero
+ * passes when allowed (meaning "none"), else it must lie within [lo, hi].
+ */
+CREATE FUNCTION tq.check_interval(p_what text, p_value interval, p_lo interval, p_hi interval,
+                                  p_null_ok boolean DEFAULT true, p_zero_ok boolean DEFAULT false)
+    RETURNS interval
+    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        IF NOT p_null_ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+                MESSAGE = format('%s must not be null', p_what);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF p_zero_ok AND p_value = interval '0' THEN
+        RETURN p_value;
+    END IF;
+    IF p_value < p_lo OR p_value > p_hi THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s is out of range', p_what),
+            DETAIL = format('The value given is %s; it must lie between %s and %s.', p_value, p_lo, p_hi),
+            HINT = CASE WHEN p_zero_ok THEN 'Pass 0 for none.' ELSE NULL END;
+    END IF;
+    RETURN p_value;
+END
+$$;
+COMMENT ON FUNCTION tq.check_interval(text, interval, interval, interval, boolean, boolean) IS 'Raises a clear error unless the interval lies within the given bounds.';
+
+CREATE FUNCTION tq.check_int(p_what text, p_value bigint, p_lo bigint, p_hi bigint, p_null_ok boolean DEFAULT true)
+    RETURNS bigint
+    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        IF NOT p_null_ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+                MESSAGE = format('%s must not be null', p_what);
+        END IF;
+        RETURN NULL;
+    END IF;
+    IF p_value < p_lo OR p_value > p_hi THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('%s is out of range', p_what),
+            DETAIL = format('The value given is %s; it must lie between %s and %s.', p_value, p_lo, p_hi);
+    END IF;
+    RETURN p_value;
+END
+$$;
+COMMENT ON FUNCTION tq.check_int(text, bigint, bigint, bigint, boolean) IS 'Raises a clear error unless the number lies within the given bounds.';
+
+/*
+ * Checks the arrays of a batch call: none NULL unless optional, none
+ * holding NULL elements where a value is needed, all as long as the first.
+ * Returns that length.
+ */
+CREATE FUNCTION tq.check_batch(p_ids bigint[], p_attempts integer[], p_other_len integer DEFAULT NULL,
+                               p_other_name text DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n integer := coalesce(cardinality(p_ids), 0);
+BEGIN
+    IF p_ids IS NULL OR p_attempts IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'task ids and attempts must not be null',
+            HINT = 'Pass the id and the attempt number that tq_lease returned for each task.';
+    END IF;
+    IF array_position(p_ids, NULL) IS NOT NULL OR array_position(p_attempts, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'task ids and attempts must not contain NULL',
+            HINT = 'Pass the id and the attempt number that tq_lease returned for each task.';
+    END IF;
+    IF cardinality(p_attempts) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = 'the arrays of task ids and attempts differ in length',
+            DETAIL = format('There are %s ids and %s attempts.', n, cardinality(p_attempts)),
+            HINT = 'Pass one attempt number per task id, in the same order.';
+    END IF;
+    IF p_other_len IS NOT NULL AND p_other_len <> n THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = format('the arrays of task ids and %s differ in length', p_other_name),
+            DETAIL = format('There are %s ids and %s %s.', n, p_other_len, p_other_name),
+            HINT = format('Pass one element of %s per task id, in the same order, or NULL for none.', p_other_name);
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION tq.check_batch(bigint[], integer[], integer, text) IS 'Validates the parallel arrays of a batch call and returns their length.';
+
+-- Is this tenant's work in this queue paused (whole queue or the tenant)?
+CREATE FUNCTION tq.is_paused(p_queue tq.queue, p_tenant text) RETURNS boolean
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p_queue.paused
+        OR (p_tenant IS NOT NULL
+            AND EXISTS (SELECT 1 FROM tq.tenant_pause p
+                        WHERE p.queue = p_queue.name AND p.tenant = p_tenant))
+$$;
+COMMENT ON FUNCTION tq.is_paused(tq.queue, text) IS 'True when the queue or the tenant within it is paused.';
+
+/*
+ * Refuses a submit of n tasks that would take the queue's backlog
+ * (scheduled + ready + paused) past its backlog_limit.  The count stops at
+ * the limit, so the cost is bounded by the limit, not by the backlog.
+ */
+CREATE FUNCTION tq.check_backlog(p_queue tq.queue, p_tenant text, p_n bigint) RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    have bigint;
+BEGIN
+    IF p_queue.backlog_limit IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT count(*) INTO have FROM (
+        (SELECT 1 FROM tq.task WHERE queue = p_queue.name AND state = 'ready' LIMIT p_queue.backlog_limit)
+        UNION ALL
+        (SELECT 1 FROM tq.task WHERE queue = p_queue.name AND state = 'scheduled' LIMIT p_queue.backlog_limit)
+        UNION ALL
+        (SELECT 1 FROM tq.task WHERE queue = p_queue.name AND state = 'paused' LIMIT p_queue.backlog_limit)
+    ) s;
+    IF have + p_n > p_queue.backlog_limit THEN
+        RAISE EXCEPTION USING ERRCODE = 'configuration_limit_exceeded',
+            MESSAGE = format('queue "%s" is full', p_queue.name),
+            DETAIL = format('The queue holds %s queued tasks; its backlog_limit is %s and %s more were submitted%s.',
+                            least(have, p_queue.backlog_limit), p_queue.backlog_limit, p_n,
+                            CASE WHEN p_tenant IS NULL THEN '' ELSE format(' for tenant "%s"', p_tenant) END),
+            HINT = 'Retry later, when workers have drained the backlog, or raise the limit with tq_alter_queue.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tq.check_backlog(tq.queue, text, bigint) IS 'Raises SQLSTATE 53400 when n more tasks would take the queue past its backlog_limit.';
+
+/*
+ * tq.finish: the one way a task leaves the hot table.
+ *
+ * For each (id, attempt, to_state, result, error): if the task is in one of
+ * p_from and (attempt is NULL or matches -- the fence), delete it from
+ * tq.task, write it to tq.history in to_state, keep its dedup key for the
+ * queue's dedup_window if it succeeded or free the key otherwise, and send
+ * tq_done.  Returns the ids that were finished; stale or unknown ids are
+ * simply absent.  One statement, so a batch of hundreds costs one pass.
+ */
+CREATE FUNCTION tq.finish(p_ids bigint[], p_attempts integer[], p_from tq.task_state[],
+                          p_to tq.task_state[], p_results jsonb[], p_errors text[])
+    RETURNS SETOF bigint
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+WITH u AS (
+    SELECT * FROM unnest(p_ids, p_attempts, p_to, p_results, p_errors)
+        AS u(id, attempt, to_state, result, error)
+), d AS (
+    DELETE FROM tq.task t
+    USING u
+    WHERE t.id = u.id
+      AND (u.attempt IS NULL OR t.attempt = u.attempt)
+      AND t.state = ANY (p_from)
+    RETURNING t.*, u.to_state, u.result AS new_result, u.error AS new_error
+), h AS (
+    INSERT INTO tq.history (id, queue, state, priority, tenant, payload, result, last_error,
+                            dedup_key, run_at, expires_at, timeout, max_attempts, attempt,
+                            free_attempts, throttles, worker, submitted_at, first_started_at,
+                            started_at, finished_at)
+    SELECT d.id, d.queue, d.to_state, d.priority, d.tenant, d.payload, d.new_result,
+           coalesce(d.new_error, d.last_error), d.dedup_key, d.run_at, d.expires_at, d.timeout,
+           d.max_attempts, d.attempt, d.free_attempts, d.throttles, d.worker, d.submitted_at,
+           d.first_started_at, d.started_at, now()
+    FROM d
+    RETURNING id, queue, state, dedup_key
+), keep_key AS (
+    UPDATE tq.dedup x SET until = now() + q.dedup_window
+    FROM h JOIN tq.queue q ON q.name = h.queue
+    WHERE h.state = 'succeeded' AND h.dedup_key IS NOT NULL
+      AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id
+), free_key AS (
+    DELETE FROM tq.dedup x
+    USING h
+    WHERE h.state <> 'succeeded' AND h.dedup_key IS NOT NULL
+      AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id
+)
+SELECT h.id
+FROM h, LATERAL (SELECT pg_catalog.pg_notify('tq_done',
+                     pg_catalog.json_build_object('id', h.id, 'queue', h.queue, 'state', h.state)::text)) n
+$$;
+COMMENT ON FUNCTION tq.finish(bigint[], integer[], tq.task_state[], tq.task_state[], jsonb[], text[]) IS 'Moves tasks that are in one of the given states (and at the given attempt) to history in their final state; returns the ids moved.';
+
+/*
+ * tq.fail_running: the failure path of running tasks, shared by tq_fail
+ * and the reclaim of expired leases.  Per task, in this order:
+ *   cancel requested            -> cancelled
+ *   retry = 'never'             -> dead
+ *   retry = 'throttled' and fewer than throttle_limit throttles so far
+ *                               -> scheduled; the attempt does not count
+ *   attempts used >= max        -> dead
+ *   otherwise                   -> scheduled after backoff (or retry_after)
+ * Returns the ids acted on (stale attempts are absent).
+ */
+CREATE FUNCTION tq.fail_running(p_ids bigint[], p_attempts integer[], p_errors text[],
+                                p_retry text[], p_delays interval[])
+    RETURNS SETOF bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c_ids bigint[];
+    c_attempts integer[];
+    c_outcomes text[];
+    c_errors text[];
+    c_delays interval[];
+BEGIN
+    SELECT array_agg(t.id), array_agg(t.attempt),
+           array_agg(CASE
+                WHEN t.cancel_requested THEN 'cancelled'
+                WHEN u.retry = 'never' THEN 'dead'
+                WHEN u.retry = 'throttled' AND t.throttles < q.throttle_limit THEN 'throttled'
+                WHEN t.attempt - t.free_attempts >= t.max_attempts THEN 'dead'
+                ELSE 'retry' END),
+           array_agg(u.error),
+           array_agg(coalesce(u.delay,
+                CASE WHEN u.retry = 'throttled' AND t.throttles < q.throttle_limit
+                     THEN tq.backoff(t.throttles + 1, q.backoff_base, q.backoff_cap)
+                     ELSE tq.backoff(t.attempt - t.free_attempts, q.backoff_base, q.backoff_cap) END))
+      INTO c_ids, c_attempts, c_outcomes, c_errors, c_delays
+    FROM unnest(p_ids, p_attempts, p_errors, p_retry, p_delays) AS u(id, attempt, error, retry, delay)
+    JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
+    JOIN tq.queue q ON q.name = t.queue;
+
+    IF c_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    UPDATE tq.task t
+       SET state = 'scheduled',
+           run_at = now() + c.delay,
+           throttles = t.throttles + (c.outcome = 'throttled')::integer,
+           free_attempts = t.free_attempts + (c.outcome = 'throttled')::integer,
+           last_error = c.error,
+           lease_until = NULL,
+           lease_duration = NULL
+      FROM unnest(c_ids, c_attempts, c_outcomes, c_errors, c_delays) AS c(id, attempt, outcome, error, delay)
+     WHERE t.id = c.id AND t.attempt = c.attempt AND t.state = 'running'
+       AND c.outcome IN ('retry', 'throttled')
+    RETURNING t.id;
+
+    RETURN QUERY
+    SELECT tq.finish(array_agg(c.id), array_agg(c.attempt), '{running}',
+                     array_agg(c.outcome::tq.task_state), NULL, array_agg(c.error))
+      FROM unnest(c_ids, c_attempts, c_outcomes, c_errors) AS c(id, attempt, outcome, error)
+     WHERE c.outcome IN ('dead', 'cancelled');
+END
+$$;
+COMMENT ON FUNCTION tq.fail_running(bigint[], integer[], text[], text[], interval[]) IS 'Failure path of running tasks: retry with backoff, throttle, or finish as dead or cancelled.';
+
+/*
+ * Promotes due scheduled tasks of the given queues (all queues when NULL)
+ * to ready, or to paused where the queue or tenant is paused, and wakes
+ * the workers of each queue that got ready work.  Bounded per call.
+ */
+CREATE FUNCTION tq.promote(p_queues text[], p_limit integer DEFAULT 5000) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+    woke text[];
+BEGIN
+    WITH due AS (
+        SELECT id FROM tq.task
+        WHERE state = 'scheduled' AND run_at <= now()
+          AND (p_queues IS NULL OR queue = ANY (p_queues))
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), up AS (
+        UPDATE tq.task t
+           SET state = CASE WHEN tq.is_paused(q, t.tenant) THEN 'paused'::tq.task_state
+                            ELSE 'ready'::tq.task_state END
+          FROM due, tq.queue q
+         WHERE t.id = due.id AND q.name = t.queue
+        RETURNING t.queue, t.state
+    )
+    SELECT count(*), array_agg(DISTINCT up.queue) FILTER (WHERE up.state = 'ready')
+      INTO n, woke
+      FROM up;
+    PERFORM tq.wake(w) FROM unnest(woke) w;
+    RETURN coalesce(n, 0);
+END
+$$;
+COMMENT ON FUNCTION tq.promote(text[], integer) IS 'Makes due scheduled tasks ready (or paused) and wakes their queues'' workers; returns how many moved.';
+
+-- Expired leases count as a failed attempt: the worker died or hung.
+CREATE FUNCTION tq.reclaim(p_limit integer DEFAULT 1000) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+    attempts integer[];
+    workers text[];
+BEGIN
+    SELECT array_agg(id), array_agg(attempt), array_agg(worker)
+      INTO ids, attempts, workers
+      FROM (SELECT id, attempt, worker FROM tq.task
+            WHERE state = 'running' AND lease_until < now()
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED) s;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT count(*) FROM tq.fail_running(ids, attempts,
+                (SELECT array_agg(format('lease expired: worker "%s" neither finished nor extended it', w))
+                   FROM unnest(workers) w),
+                NULL, NULL));
+END
+$$;
+COMMENT ON FUNCTION tq.reclaim(integer) IS 'Treats running tasks whose lease expired as failed attempts (retried or dead); returns how many.';
+
+-- Tasks whose expires_at passed before they started become expired.
+CREATE FUNCTION tq.expire(p_limit integer DEFAULT 1000) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    SELECT array_agg(id) INTO ids
+      FROM (SELECT id FROM tq.task
+            WHERE expires_at <= now() AND expires_at IS NOT NULL AND state <> 'running'
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED) s;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    RETURN (SELECT count(*) FROM tq.finish(ids, NULL, '{scheduled,ready,paused}',
+                array_fill('expired'::tq.task_state, ARRAY[cardinality(ids)]), NULL,
+                array_fill('expired: expires_at passed before the task started'::text,
+                           ARRAY[cardinality(ids)])));
+END
+$$;
+COMMENT ON FUNCTION tq.expire(integer) IS 'Moves queued tasks whose expires_at has passed to history as expired; returns how many.';
+
+/*
+ * History partitions of one queue.
+ *
+ * Width: one hour when the queue's retention is at most a day, else one
+ * day, aligned in UTC.  A finished task is therefore kept for at least
+ * its retention and at most retention + width.  Partitions are created
+ * from the current period to two widths ahead; a row that arrives in a
+ * period without a partition lands in the queue's DEFAULT partition and
+ * is moved into the partition when maintenance creates it.
+ */
+CREATE FUNCTION tq.partition_width(p_retention interval) RETURNS interval
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN p_retention <= interval '1 day' THEN interval '1 hour' ELSE interval '1 day' END
+$$;
+COMMENT ON FUNCTION tq.partition_width(interval) IS 'Time span of one history partition for a queue with this retention.';
+
+CREATE FUNCTION tq.ensure_partitions(p_queue tq.queue) RETURNS integer
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    width interval := tq.partition_width(p_queue.retention);
+    unit text := CASE WHEN width = interval '1 hour' THEN 'hour' ELSE 'day' END;
+    parent text := format('history_q%s', p_queue.id);
+    lo timestamptz;
+    hi timestamptz;
+    part text;
+    made integer := 0;
+BEGIN
+    IF to_regclass(format('tq.%I', parent)) IS NULL THEN
+        EXECUTE format('CREATE TABLE tq.%I PARTITION OF tq.history FOR VALUES IN (%L) PARTITION BY RANGE (finished_at)',
+                       parent, p_queue.name);
+        EXECUTE format('CREATE TABLE tq.%I PARTITION OF tq.%I DEFAULT', parent || '_default', parent);
+    END IF;
+
+    SELECT max(h.hi) INTO lo FROM tq.history_part h WHERE h.queue = p_queue.name;
+    lo := greatest(lo, date_trunc(unit, now(), 'UTC'));
+    WHILE lo < now() + 2 * width LOOP
+        hi := lo + width;
+        part := format('%s_%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24'));
+        EXECUTE format('CREATE TABLE tq.%I (LIKE tq.history)', part);
+        -- Rows that landed in the default partition for this period move in.
+        EXECUTE format('WITH m AS (DELETE FROM tq.%I WHERE finished_at >= $1 AND finished_at < $2 RETURNING *) '
+                       'INSERT INTO tq.%I SELECT * FROM m', parent || '_default', part)
+            USING lo, hi;
+        EXECUTE format('ALTER TABLE tq.%I ATTACH PARTITION tq.%I FOR VALUES FROM (%L) TO (%L)',
+                       parent, part, lo, hi);
+        INSERT INTO tq.history_part (queue, relname, lo, hi) VALUES (p_queue.name, part, lo, hi);
+        made := made + 1;
+        lo := hi;
+    END LOOP;
+    RETURN made;
+END
+$$;
+COMMENT ON FUNCTION tq.ensure_partitions(tq.queue) IS 'Creates the queue''s history partitions up to two periods ahead; returns how many were created.';
+
+CREATE FUNCTION tq.apply_retention(p_queue tq.queue) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p record;
+    dropped bigint := 0;
+    n bigint;
+BEGIN
+    FOR p IN SELECT * FROM tq.history_part h
+             WHERE h.queue = p_queue.name AND h.hi <= now() - p_queue.retention
+             ORDER BY h.lo
+    LOOP
+        EXECUTE format('SELECT count(*) FROM tq.%I', p.relname) INTO n;
+        EXECUTE format('DROP TABLE tq.%I', p.relname);
+        DELETE FROM tq.history_part h WHERE h.queue = p.queue AND h.lo = p.lo;
+        dropped := dropped + n;
+    END LOOP;
+    EXECUTE format('DELETE FROM tq.%I WHERE finished_at < $1', format('history_q%s_default', p_queue.id))
+        USING now() - p_queue.retention;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN dropped + n;
+END
+$$;
+COMMENT ON FUNCTION tq.apply_retention(tq.queue) IS 'Drops the queue''s history partitions older than its retention; returns how many tasks went with them.';
+
+/*
+ * Moves finished tasks back into the hot table as ready (or paused): used
+ * by tq_retry and tq_retry_dead.  The task keeps its id and attempt count
+ * (the fence stays monotonic) and gets a fresh attempt budget.  A task
+ * whose dedup key has been taken by a newer live task stays where it is:
+ * its key is claimed first, and only tasks with a claimed key (or none)
+ * are moved.
+ */
+CREATE FUNCTION tq.revive(p_queue text, p_tenant text, p_id bigint, p_states tq.task_state[])
+    RETURNS SETOF bigint
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    claimed bigint[];
+BEGIN
+    -- Claim the dedup keys of the candidates (one task per key).
+    WITH cand AS (
+        SELECT DISTINCT ON (h.queue, h.dedup_key) h.queue, h.dedup_key, h.id
+        FROM tq.history h
+        WHERE (p_queue IS NULL OR h.queue = p_queue)
+          AND (p_id IS NULL OR h.id = p_id)
+          AND (p_tenant IS NULL OR h.tenant = p_tenant)
+          AND h.state = ANY (p_states)
+          AND h.dedup_key IS NOT NULL
+        ORDER BY h.queue, h.dedup_key, h.finished_at DESC
+    ), c AS (
+        INSERT INTO tq.dedup AS x (queue, dedup_key, task_id)
+        SELECT queue, dedup_key, id FROM cand
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+            SET task_id = excluded.task_id, until = 'infinity'
+            WHERE x.until < now()
+        RETURNING x.task_id
+    )
+    SELECT array_agg(task_id) INTO claimed FROM c;
+
+    RETURN QUERY
+    WITH m AS (
+        DELETE FROM tq.history h
+        WHERE (p_queue IS NULL OR h.queue = p_queue)
+          AND (p_id IS NULL OR h.id = p_id)
+          AND (p_tenant IS NULL OR h.tenant = p_tenant)
+          AND h.state = ANY (p_states)
+          AND (h.dedup_key IS NULL OR h.id = ANY (claimed))
+        RETURNING h.*
+    ), ins AS (
+        INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
+                             expires_at, timeout, max_attempts, attempt, free_attempts, throttles,
+                             worker, last_error, submitted_at, first_started_at, started_at)
+        SELECT m.id, m.queue,
+               CASE WHEN tq.is_paused(q, m.tenant) THEN 'paused'::tq.task_state
+                    ELSE 'ready'::tq.task_state END,
+               m.priority, m.tenant, m.payload, m.dedup_key, now(),
+               CASE WHEN m.expires_at > now() THEN m.expires_at END,
+               m.timeout, m.max_attempts, m.attempt, m.attempt, 0,
+               m.worker, m.last_error, m.submitted_at, m.first_started_at, m.started_at
+        FROM m JOIN tq.queue q ON q.name = m.queue
+        RETURNING id, queue, state
+    )
+    SELECT ins.id FROM ins
+    LEFT JOIN LATERAL (SELECT tq.wake(ins.queue) WHERE ins.state = 'ready') w ON true;
+END
+$$;
+COMMENT ON FUNCTION tq.revive(text, text, bigint, tq.task_state[]) IS 'Moves finished tasks in the given states back to ready with a fresh attempt budget; returns their ids.';
+
+/*
+ * Maintenance pass: promotion, lease reclaim and expiry for all queues,
+ * then history partitions ahead of need, retention, and forgetting dedup
+ * keys whose window has passed.  Safe to run concurrently: a second caller
+ * skips the partition work while another holds it, and DDL gives up after
+ * a short lock wait (it is tried again on the next pass) rather than queue
+ * behind a long reader of tq.history.
+ */
+CREATE FUNCTION @extschema@.tq_maintain()
+    RETURNS TABLE (action text, queue text, n bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q tq.queue;
+    k bigint;
+    old_timeout text := current_setting('lock_timeout');
+BEGIN
+    action := 'promoted'; queue := NULL; n := tq.promote(NULL, 100000); RETURN NEXT;
+    action := 'reclaimed'; n := tq.reclaim(100000); RETURN NEXT;
+    action := 'expired'; n := tq.expire(100000); RETURN NEXT;
+
+    -- One partition maintainer at a time (key: 'tq' in ASCII).
+    IF NOT pg_try_advisory_xact_lock(7417) THEN
+        RETURN;
+    END IF;
+    FOR q IN SELECT * FROM tq.queue ORDER BY name LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '500ms', true);
+            action := 'partitions created'; queue := q.name; n := tq.ensure_partitions(q);
+            IF n > 0 THEN RETURN NEXT; END IF;
+            action := 'tasks past retention dropped'; n := tq.apply_retention(q);
+            IF n > 0 THEN RETURN NEXT; END IF;
+            PERFORM set_config('lock_timeout', old_timeout, true);
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM set_config('lock_timeout', old_timeout, true);
+            RAISE NOTICE 'tq: maintenance of queue "%" postponed: history is locked by another session', q.name;
+        END;
+    END LOOP;
+    DELETE FROM tq.dedup x WHERE x.until < now();
+    GET DIAGNOSTICS k = ROW_COUNT;
+    action := 'dedup keys forgotten'; queue := NULL; n := k; RETURN NEXT;
+    UPDATE tq.meta
+       SET next_maintenance = now() + current_setting('tq.maintenance_interval')::interval;
+END
+$$;
+
+/*
+ * Called by tq_lease: runs tq_maintain when it is due, in at most one
+ * session at a time (the others skip the locked meta row).
+ */
+CREATE FUNCTION tq.maybe_maintain() RETURNS void
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM 1 FROM tq.meta WHERE next_maintenance <= now() FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+        PERFORM @extschema@.tq_maintain();
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tq.maybe_maintain() IS 'Runs tq_maintain if tq.maintenance_interval has passed since the last pass and no other session is running one.';
+
+------------------------------------------------------------------------------
+-- Queues
+------------------------------------------------------------------------------
+
+-- Validates queue options given to tq_create_queue / tq_alter_queue.
+CREATE FUNCTION tq.check_queue_options(q tq.queue) RETURNS tq.queue
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM tq.check_int('max_attempts', q.max_attempts, 1, 1000, false);
+    PERFORM tq.check_interval('lease', q.lease, '1 second', '7 days', false);
+    PERFORM tq.check_interval('backoff_base', q.backoff_base, '1 millisecond', '1 day', false);
+    PERFORM tq.check_interval('backoff_cap', q.backoff_cap, '1 millisecond', '30 days', false);
+    IF q.backoff_base > q.backoff_cap THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'backoff_base must not exceed backoff_cap',
+            DETAIL = format('backoff_base is %s and backoff_cap is %s.', q.backoff_base, q.backoff_cap);
+    END IF;
+    PERFORM tq.check_int('throttle_limit', q.throttle_limit, 0, 100000, false);
+    PERFORM tq.check_interval('dedup_window', q.dedup_window, '0', '366 days', false);
+    PERFORM tq.check_interval('retention', q.retention, '1 minute', '100 years', false);
+    PERFORM tq.check_int('backlog_limit', q.backlog_limit, 1, 1000000000000);
+    PERFORM tq.check_interval('timeout', q.timeout, '1 second', '7 days');
+    RETURN q;
+END
+$$;
+COMMENT ON FUNCTION tq.check_queue_options(tq.queue) IS 'Raises a clear error for any queue option out of range.';
+
+CREATE FUNCTION @extschema@.tq_create_queue(
+    name text,
+    max_attempts integer DEFAULT 25,
+    lease interval DEFAULT '1 minute',
+    backoff_base interval DEFAULT '1 second',
+    backoff_cap interval DEFAULT '1 hour',
+    dedup_window interval DEFAULT '1 day',
+    retention interval DEFAULT '7 days',
+    backlog_limit bigint DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    throttle_limit integer DEFAULT 20,
+    if_not_exists boolean DEFAULT false)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+BEGIN
+    PERFORM tq.check_name(name, 'queue');
+    IF EXISTS (SELECT 1 FROM tq.queue x WHERE x.name = tq_create_queue.name) THEN
+        IF if_not_exists THEN
+            RAISE NOTICE 'queue "%" already exists, skipping', name;
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+            MESSAGE = format('queue "%s" already exists', name),
+            HINT = 'Change its options with tq_alter_queue, or pass if_not_exists => true.';
+    END IF;
+    q.name := name; q.max_attempts := max_attempts; q.lease := lease;
+    q.backoff_base := backoff_base; q.backoff_cap := backoff_cap;
+    q.dedup_window := dedup_window; q.retention := retention;
+    q.backlog_limit := backlog_limit; q.timeout := timeout; q.throttle_limit := throttle_limit;
+    PERFORM tq.check_queue_options(q);
+
+    INSERT INTO tq.queue (name, max_attempts, lease, backoff_base, backoff_cap, dedup_window,
+                          retention, backlog_limit, timeout, throttle_limit)
+    VALUES (q.name, q.max_attempts, q.lease, q.backoff_base, q.backoff_cap, q.dedup_window,
+            q.retention, q.backlog_limit, q.timeout, q.throttle_limit)
+    ON CONFLICT DO NOTHING
+    RETURNING * INTO q;
+    IF NOT FOUND THEN
+        -- A concurrent tq_create_queue of the same name won.
+        IF if_not_exists THEN
+            RETURN false;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = 'duplicate_object',
+            MESSAGE = format('queue "%s" already exists', name);
+    END IF;
+    PERFORM tq.ensure_partitions(q);
+    RETURN true;
+END
+$$;
+
+/*
+ * NULL leaves an option unchanged.  backlog_limit and timeout are cleared
+ * with 0.
+ */
+CREATE FUNCTION @extschema@.tq_alter_queue(
+    name text,
+    max_attempts integer DEFAULT NULL,
+    lease interval DEFAULT NULL,
+    backoff_base interval DEFAULT NULL,
+    backoff_cap interval DEFAULT NULL,
+    dedup_window interval DEFAULT NULL,
+    retention interval DEFAULT NULL,
+    backlog_limit bigint DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    throttle_limit integer DEFAULT NULL)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+BEGIN
+    IF name IS NOT NULL THEN
+        SELECT * INTO q FROM tq.queue x WHERE x.name = tq_alter_queue.name FOR UPDATE;
+    END IF;
+    IF q.name IS NULL THEN
+        PERFORM tq.get_queue(name);
+    END IF;
+    IF backlog_limit < 0 THEN
+        PERFORM tq.check_int('backlog_limit', backlog_limit, 0, 1000000000000);
+    END IF;
+    q.max_attempts := coalesce(max_attempts, q.max_attempts);
+    q.lease := coalesce(lease, q.lease);
+    q.backoff_base := coalesce(backoff_base, q.backoff_base);
+    q.backoff_cap := coalesce(backoff_cap, q.backoff_cap);
+    q.dedup_window := coalesce(dedup_window, q.dedup_window);
+    q.retention := coalesce(retention, q.retention);
+    q.backlog_limit := CASE WHEN backlog_limit = 0 THEN NULL ELSE coalesce(backlog_limit, q.backlog_limit) END;
+    q.timeout := CASE WHEN timeout = interval '0' THEN NULL ELSE coalesce(timeout, q.timeout) END;
+    q.throttle_limit := coalesce(throttle_limit, q.throttle_limit);
+    PERFORM tq.check_queue_options(q);
+    UPDATE tq.queue x
+       SET max_attempts = q.max_attempts, lease = q.lease, backoff_base = q.backoff_base,
+           backoff_cap = q.backoff_cap, dedup_window = q.dedup_window, retention = q.retention,
+           backlog_limit = q.backlog_limit, timeout = q.timeout, throttle_limit = q.throttle_limit
+     WHERE x.name = q.name;
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_drop_queue(name text, force boolean DEFAULT false)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+    live bigint;
+BEGIN
+    q := tq.get_queue(name);
+    PERFORM 1 FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
+    SELECT count(*) INTO live FROM tq.task t WHERE t.queue = q.name;
+    IF live > 0 AND NOT coalesce(force, false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_in_use',
+            MESSAGE = format('queue "%s" still has %s live tasks', q.name, live),
+            DETAIL = 'Live tasks are scheduled, ready, paused or running.',
+            HINT = 'Wait for them to finish, cancel them with tq_cancel, or drop the queue and its tasks with force => true.';
+    END IF;
+    DELETE FROM tq.task t WHERE t.queue = q.name;
+    EXECUTE format('DROP TABLE IF EXISTS tq.%I', format('history_q%s', q.id));
+    DELETE FROM tq.history_part h WHERE h.queue = q.name;
+    DELETE FROM tq.dedup d WHERE d.queue = q.name;
+    DELETE FROM tq.tenant_pause p WHERE p.queue = q.name;
+    DELETE FROM tq.queue x WHERE x.name = q.name;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Submit
+------------------------------------------------------------------------------
+
+/*
+ * Validates the per-task options shared by tq_submit and tq_submit_many
+ * and returns the initial state: scheduled if run_at lies ahead, paused if
+ * the queue or tenant is paused, else ready.
+ */
+CREATE FUNCTION tq.check_submit(q tq.queue, p_run_at timestamptz, p_priority integer, p_tenant text,
+                                p_max_attempts integer, p_timeout interval, p_expires_at timestamptz)
+    RETURNS tq.task_state
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF p_priority IS NULL OR p_priority < -32768 OR p_priority > 32767 THEN
+        PERFORM tq.check_int('priority', p_priority, -32768, 32767, false);
+    END IF;
+    IF p_max_attempts IS NOT NULL AND (p_max_attempts < 1 OR p_max_attempts > 1000) THEN
+        PERFORM tq.check_int('max_attempts', p_max_attempts, 1, 1000);
+    END IF;
+    IF p_timeout IS NOT NULL THEN
+        PERFORM tq.check_interval('timeout', p_timeout, '1 second', '7 days');
+    END IF;
+    IF p_tenant IS NOT NULL THEN
+        PERFORM tq.check_label(p_tenant, 'tenant', 200);
+    END IF;
+    IF p_expires_at IS NOT NULL AND p_expires_at <= greatest(now(), p_run_at) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'expires_at must lie after run_at and after now',
+            DETAIL = format('expires_at is %s, run_at is %s and now is %s.',
+                            p_expires_at, coalesce(p_run_at, now()), now()),
+            HINT = 'A task that expires before it may run would never run; drop expires_at or move it later.';
+    END IF;
+    IF p_run_at > now() THEN
+        RETURN 'scheduled';
+    ELSIF tq.is_paused(q, p_tenant) THEN
+        RETURN 'paused';
+    END IF;
+    RETURN 'ready';
+END
+$$;
+COMMENT ON FUNCTION tq.check_submit(tq.queue, timestamptz, integer, text, integer, interval, timestamptz) IS 'Validates submit options and returns the state a new task starts in.';
+
+CREATE FUNCTION @extschema@.tq_submit(
+    queue text,
+    payload jsonb DEFAULT '{}',
+    run_at timestamptz DEFAULT NULL,
+    priority integer DEFAULT 0,
+    tenant text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+    v_state tq.task_state;
+    v_id bigint;
+    v_owner bigint;
+BEGIN
+    SELECT * INTO q FROM tq.queue x WHERE x.name = queue;
+    IF NOT FOUND THEN
+        PERFORM tq.get_queue(queue);
+    END IF;
+    PERFORM tq.check_payload(payload);
+    v_state := tq.check_submit(q, run_at, priority, tenant, max_attempts, timeout, expires_at);
+    IF q.backlog_limit IS NOT NULL THEN
+        PERFORM tq.check_backlog(q, tenant, 1);
+    END IF;
+    v_id := nextval('tq.task_id_seq');
+
+    IF dedup_key IS NOT NULL THEN
+        PERFORM tq.check_label(dedup_key, 'dedup_key', 512);
+        -- Take the key, or find who holds it.  A concurrent submit of the
+        -- same key waits here for ours to commit or roll back.
+        INSERT INTO tq.dedup AS d (queue, dedup_key, task_id)
+        VALUES (q.name, dedup_key, v_id)
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+            SET task_id = excluded.task_id, until = 'infinity'
+            WHERE d.until < now()
+        RETURNING d.task_id INTO v_owner;
+        IF v_owner IS NULL THEN
+            SELECT d.task_id INTO v_owner FROM tq.dedup d
+             WHERE d.queue = q.name AND d.dedup_key = tq_submit.dedup_key;
+            RETURN v_owner;
+        END IF;
+    END IF;
+
+    INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
+                         expires_at, timeout, max_attempts)
+    VALUES (v_id, q.name, v_state, priority, tenant, payload, dedup_key,
+            greatest(coalesce(run_at, now()), now()), expires_at, timeout,
+            coalesce(max_attempts, q.max_attempts));
+    IF v_state = 'ready' THEN
+        PERFORM tq.wake(q.name);
+    END IF;
+    RETURN v_id;
+END
+$$;
+
+/*
+ * Submits many tasks in one statement: one row per payload, ids returned
+ * in payload order.  Options apply to every task except dedup_keys, which
+ * is parallel to payloads (NULL elements: no key).  Within one batch, the
+ * first payload with a key wins and later ones get its id.
+ */
+CREATE FUNCTION @extschema@.tq_submit_many(
+    queue text,
+    payloads jsonb[],
+    run_at timestamptz DEFAULT NULL,
+    priority integer DEFAULT 0,
+    tenant text DEFAULT NULL,
+    dedup_keys text[] DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+    RETURNS bigint[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+    v_state tq.task_state;
+    v_ids bigint[];
+    v_owners bigint[];
+    v_bad integer;
+    n integer;
+BEGIN
+    q := tq.get_queue(queue);
+    IF payloads IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'payloads must not be null',
+            HINT = 'Pass an array of JSON objects, for example ARRAY[''{}''::jsonb].';
+    END IF;
+    n := coalesce(cardinality(payloads), 0);
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF n > 10000000 THEN
+        PERFORM tq.check_int('number of payloads', n, 1, 10000000);
+    END IF;
+    IF dedup_keys IS NOT NULL AND cardinality(dedup_keys) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = 'payloads and dedup_keys differ in length',
+            DETAIL = format('There are %s payloads and %s dedup keys.', n, cardinality(dedup_keys)),
+            HINT = 'Pass one dedup key per payload (NULL for none), or no dedup_keys at all.';
+    END IF;
+    v_state := tq.check_submit(q, run_at, priority, tenant, max_attempts, timeout, expires_at);
+    IF q.backlog_limit IS NOT NULL THEN
+        PERFORM tq.check_backlog(q, tenant, n);
+    END IF;
+
+    -- Ids in payload order; the payload check reports the first bad element.
+    SELECT array_agg(nextval('tq.task_id_seq') ORDER BY o) INTO v_ids
+      FROM generate_series(1, n) o;
+    SELECT min(o) INTO v_bad FROM unnest(payloads) WITH ORDINALITY AS u(p, o)
+     WHERE p IS NULL OR jsonb_typeof(p) <> 'object';
+    IF v_bad IS NOT NULL THEN
+        BEGIN
+            PERFORM tq.check_payload(payloads[v_bad]);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION USING ERRCODE = SQLSTATE,
+                MESSAGE = format('payload %s of %s: %s', v_bad, n, SQLERRM),
+                HINT = 'Every payload must be a JSON object.';
+        END;
+    END IF;
+
+    v_owners := v_ids;
+    IF dedup_keys IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(dedup_keys) k WHERE k IS NOT NULL) THEN
+        PERFORM tq.check_label(k, 'dedup_key', 512) FROM unnest(dedup_keys) k WHERE k IS NOT NULL;
+        -- Claim each distinct key for its first payload.
+        INSERT INTO tq.dedup AS d (queue, dedup_key, task_id)
+        SELECT DISTINCT ON (k) q.name, k, v_ids[o]
+          FROM unnest(dedup_keys) WITH ORDINALITY AS u(k, o)
+         WHERE k IS NOT NULL
+         ORDER BY k, o
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+            SET task_id = excluded.task_id, until = 'infinity'
+            WHERE d.until < now();
+        -- Every keyed payload gets its key's holder (a new statement sees
+        -- holders committed by concurrent submits we waited for).
+        SELECT array_agg(coalesce(d.task_id, v_ids[u.o]) ORDER BY u.o) INTO v_owners
+          FROM unnest(dedup_keys) WITH ORDINALITY AS u(k, o)
+          LEFT JOIN tq.dedup d ON d.queue = q.name AND d.dedup_key = u.k;
+    END IF;
+
+    INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
+                         expires_at, timeout, max_attempts)
+    SELECT v_ids[o], q.name, v_state, priority, tenant, tq.check_payload(p), dedup_keys[o],
+           greatest(coalesce(run_at, now()), now()), expires_at, timeout,
+           coalesce(max_attempts, q.max_attempts)
+      FROM unnest(payloads) WITH ORDINALITY AS u(p, o)
+     WHERE v_owners[o] = v_ids[o];
+    IF v_state = 'ready' THEN
+        PERFORM tq.wake(q.name);
+    END IF;
+    RETURN v_owners;
+END
+$$;
+
+/*
+ * Row trigger: submits the row as a task's payload, in the transaction
+ * that wrote the row.
+ *   CREATE TRIGGER t AFTER INSERT OR UPDATE ON orders
+ *       FOR EACH ROW EXECUTE FUNCTION tq_submit_trigger('orders', 'tenant=shop_id');
+ * Arguments: the queue, then options as name=value: tenant=<column>,
+ * dedup_key=<column>, priority=<integer>, delay=<interval>, and
+ * envelope=true to send {"op", "table", "schema", "row", "old"} instead of
+ * the bare row.  DELETE triggers send the old row.
+ */
+CREATE FUNCTION @extschema@.tq_submit_trigger() RETURNS trigger
+    LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_row jsonb;
+    v_payload jsonb;
+    opt text;
+    k text;
+    v text;
+    v_tenant text;
+    v_dedup text;
+    v_priority integer := 0;
+    v_run_at timestamptz;
+    v_envelope boolean := false;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_NARGS < 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('trigger "%s" on "%s" must be a row trigger with a queue name', TG_NAME, TG_TABLE_NAME),
+            HINT = 'CREATE TRIGGER ... FOR EACH ROW EXECUTE FUNCTION tq_submit_trigger(''queue'');';
+    END IF;
+    v_row := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
+    FOR i IN 1 .. TG_NARGS - 1 LOOP
+        opt := TG_ARGV[i];
+        k := split_part(opt, '=', 1);
+        v := substr(opt, length(k) + 2);
+        CASE k
+            WHEN 'tenant' THEN v_tenant := v_row ->> v;
+            WHEN 'dedup_key' THEN v_dedup := v_row ->> v;
+            WHEN 'priority' THEN v_priority := v::integer;
+            WHEN 'delay' THEN v_run_at := now() + v::interval;
+            WHEN 'envelope' THEN v_envelope := v::boolean;
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                    MESSAGE = format('unknown option "%s" in trigger "%s" on "%s"', opt, TG_NAME, TG_TABLE_NAME),
+                    HINT = 'Options are tenant=<column>, dedup_key=<column>, priority=<integer>, delay=<interval>, envelope=true.';
+        END CASE;
+    END LOOP;
+    IF v_envelope THEN
+        v_payload := jsonb_build_object('op', TG_OP, 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
+                                        'row', v_row,
+                                        'old', CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(OLD) END);
+    ELSE
+        v_payload := v_row;
+    END IF;
+    PERFORM @extschema@.tq_submit(TG_ARGV[0], v_payload, run_at => v_run_at, priority => v_priority,
+                                  tenant => v_tenant, dedup_key => v_dedup);
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Lease and finish (the worker's side)
+------------------------------------------------------------------------------
+
+/*
+ * Claims up to max ready tasks of the given queues for a worker.  Per
+ * queue (in random order, so that a worker serving several queues shares
+ * itself among them), the head of task_dispatch_idx is claimed with
+ * FOR UPDATE SKIP LOCKED: concurrent callers never get the same task and
+ * never wait for each other.  Paused queues are skipped without reading
+ * their tasks; tasks of paused tenants are in state paused and so not in
+ * the index.  Before claiming, due scheduled tasks of these queues are
+ * promoted and expired leases and deadlines are handled.
+ */
+CREATE FUNCTION @extschema@.tq_lease(worker text, queues text[], max integer DEFAULT 1,
+                                     lease interval DEFAULT NULL)
+    RETURNS TABLE (id bigint, queue text, payload jsonb, attempt integer, lease_until timestamptz,
+                   tenant text, priority smallint, timeout interval)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    qs tq.queue[];
+    q tq.queue;
+    v_worker text := tq_lease.worker;
+    v_lease interval;
+    v_tenant_pauses boolean;
+    remaining integer := tq_lease.max;
+    n integer;
+BEGIN
+    IF v_worker IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'worker must not be null',
+            HINT = 'Name the worker, for example host:pid; the name is recorded on each task it leases.';
+    END IF;
+    PERFORM tq.check_label(v_worker, 'worker name', 200);
+    IF tq_lease.queues IS NULL OR cardinality(tq_lease.queues) = 0
+       OR array_position(tq_lease.queues, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'queues must be a non-empty array of queue names',
+            HINT = 'For example: tq_lease(''worker-1'', ARRAY[''email''], 10).';
+    END IF;
+    PERFORM tq.check_int('max', remaining, 1, 10000, false);
+    IF tq_lease.lease IS NOT NULL THEN
+        PERFORM tq.check_interval('lease', tq_lease.lease, '1 second', '7 days');
+    END IF;
+
+    SELECT array_agg(x ORDER BY random()) INTO qs FROM tq.queue x WHERE x.name = ANY (tq_lease.queues);
+    IF coalesce(cardinality(qs), 0) < cardinality(tq_lease.queues) THEN
+        PERFORM tq.no_such_queue(u)
+           FROM unnest(tq_lease.queues) u
+          WHERE NOT EXISTS (SELECT 1 FROM tq.queue x WHERE x.name = u)
+          LIMIT 1;
+    END IF;
+
+    -- Housekeeping that the background worker will take over.
+    PERFORM tq.promote(tq_lease.queues, 1000);
+    PERFORM tq.reclaim(100);
+    PERFORM tq.expire(100);
+    PERFORM tq.maybe_maintain();
+
+    FOREACH q IN ARRAY qs LOOP
+        EXIT WHEN remaining <= 0;
+        CONTINUE WHEN q.paused;
+        v_lease := coalesce(tq_lease.lease, q.lease);
+        v_tenant_pauses := EXISTS (SELECT 1 FROM tq.tenant_pause p WHERE p.queue = q.name);
+        RETURN QUERY
+        WITH picked AS (
+            SELECT t.id FROM tq.task t
+            WHERE t.queue = q.name AND t.state = 'ready'
+              AND (t.expires_at IS NULL OR t.expires_at > now())
+              AND (NOT v_tenant_pauses
+                   OR NOT EXISTS (SELECT 1 FROM tq.tenant_pause p
+                                  WHERE p.queue = t.queue AND p.tenant = t.tenant))
+            ORDER BY t.priority DESC, t.id
+            LIMIT remaining
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE tq.task t
+           SET state = 'running',
+               attempt = t.attempt + 1,
+               worker = v_worker,
+               lease_until = now() + v_lease,
+               lease_duration = v_lease,
+               started_at = now(),
+               first_started_at = coalesce(t.first_started_at, now())
+          FROM picked
+         WHERE t.id = picked.id
+        RETURNING t.id, t.queue, t.payload, t.attempt, t.lease_until, t.tenant, t.priority,
+                  coalesce(t.timeout, q.timeout);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        remaining := remaining - n;
+    END LOOP;
+END
+$$;
+
+-- Joins the finished ids back to the input: true where the task was acted on.
+CREATE FUNCTION tq.mask(p_ids bigint[], p_done bigint[]) RETURNS boolean[]
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(array_agg(d.id IS NOT NULL ORDER BY u.o), '{}')
+      FROM unnest(p_ids) WITH ORDINALITY AS u(id, o)
+      LEFT JOIN (SELECT DISTINCT x FROM unnest(p_done) x) d(id) ON d.id = u.id
+$$;
+COMMENT ON FUNCTION tq.mask(bigint[], bigint[]) IS 'For each input id, whether it is among the ids acted on.';
+
+CREATE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL)
+    RETURNS boolean[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer := tq.check_batch(ids, attempts, cardinality(results), 'results');
+BEGIN
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    PERFORM tq.check_result(r) FROM unnest(results) r WHERE r IS NOT NULL;
+    RETURN tq.mask(ids, ARRAY(
+        SELECT tq.finish(ids, attempts, '{running}',
+                         array_fill('succeeded'::tq.task_state, ARRAY[n]), results, NULL)));
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_complete(id bigint, attempt integer, result jsonb DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE sql VOLATILE AS $$
+    SELECT (@extschema@.tq_complete(ARRAY[id], ARRAY[attempt], ARRAY[result]))[1]
+$$;
+
+-- Longest error text kept per attempt; the rest is cut with a marker.
+CREATE FUNCTION tq.clip_error(p_error text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN length(p_error) > 16384
+                THEN left(p_error, 16384) || ' ... [truncated from ' || length(p_error) || ' characters]'
+                ELSE p_error END
+$$;
+COMMENT ON FUNCTION tq.clip_error(text) IS 'Cuts an error text to 16384 characters, saying so.';
+
+CREATE FUNCTION @extschema@.tq_fail(ids bigint[], attempts integer[], errors text[],
+                                    retry text[] DEFAULT NULL, retry_after interval[] DEFAULT NULL)
+    RETURNS boolean[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer := tq.check_batch(ids, attempts, coalesce(cardinality(errors), -1), 'errors');
+    bad text;
+BEGIN
+    PERFORM tq.check_batch(ids, attempts, cardinality(retry), 'retry');
+    PERFORM tq.check_batch(ids, attempts, cardinality(retry_after), 'retry_after');
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF array_position(errors, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'error must not be null',
+            HINT = 'Say why the attempt failed; the text is kept as the task''s last_error.';
+    END IF;
+    SELECT r INTO bad FROM unnest(retry) r WHERE r NOT IN ('auto', 'never', 'throttled') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid retry mode "%s"', bad),
+            HINT = 'Use ''auto'' (retry with backoff), ''never'' (dead at once) or ''throttled'' (retry without using up an attempt).';
+    END IF;
+    PERFORM tq.check_interval('retry_after', d, '0', '30 days') FROM unnest(retry_after) d WHERE d IS NOT NULL;
+    RETURN tq.mask(ids, ARRAY(
+        SELECT tq.fail_running(ids, attempts,
+                               ARRAY(SELECT tq.clip_error(e) FROM unnest(errors) WITH ORDINALITY AS x(e, o) ORDER BY o),
+                               ARRAY(SELECT coalesce(r, 'auto') FROM unnest(coalesce(retry, array_fill(NULL::text, ARRAY[n]))) WITH ORDINALITY AS x(r, o) ORDER BY o),
+                               retry_after)));
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_fail(id bigint, attempt integer, error text, retry text DEFAULT 'auto',
+                                    retry_after interval DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE sql VOLATILE AS $$
+    SELECT (@extschema@.tq_fail(ARRAY[id], ARRAY[attempt], ARRAY[error], ARRAY[retry], ARRAY[retry_after]))[1]
+$$;
+
+/*
+ * Hands leased tasks back without penalty (a draining worker): they are
+ * ready again at once and the attempt does not count.  A task whose
+ * cancellation was requested meanwhile is cancelled instead.
+ */
+CREATE FUNCTION @extschema@.tq_release(ids bigint[], attempts integer[])
+    RETURNS boolean[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer := tq.check_batch(ids, attempts);
+    done bigint[];
+BEGIN
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    done := ARRAY(
+        SELECT tq.finish(array_agg(t.id), array_agg(t.attempt), '{running}',
+                         array_agg('cancelled'::tq.task_state), NULL,
+                         array_agg('cancelled while running (released by the worker)'::text))
+          FROM unnest(ids, attempts) AS u(id, attempt)
+          JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt
+         WHERE t.state = 'running' AND t.cancel_requested);
+    WITH up AS (
+        UPDATE tq.task t
+           SET state = CASE WHEN tq.is_paused(q, t.tenant) THEN 'paused'::tq.task_state
+                            ELSE 'ready'::tq.task_state END,
+               free_attempts = t.free_attempts + 1,
+               lease_until = NULL,
+               lease_duration = NULL
+          FROM unnest(ids, attempts) AS u(id, attempt), tq.queue q
+         WHERE t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
+           AND q.name = t.queue
+        RETURNING t.id, t.queue, t.state
+    )
+    SELECT done || coalesce(array_agg(up.id), '{}') INTO done FROM up;
+    PERFORM tq.wake(x.queue) FROM (SELECT DISTINCT t.queue FROM tq.task t
+                                    WHERE t.id = ANY (ids) AND t.state = 'ready') x;
+    RETURN tq.mask(ids, done);
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_release(id bigint, attempt integer)
+    RETURNS boolean
+    LANGUAGE sql VOLATILE AS $$
+    SELECT (@extschema@.tq_release(ARRAY[id], ARRAY[attempt]))[1]
+$$;
+
+/*
+ * Extends the leases of running tasks by their lease duration.  Returns
+ * the tasks the worker should stop: 'cancelled' (tq_cancel asked; the
+ * lease was still extended so the worker can report the outcome) and
+ * 'lost' (stale attempt, unknown or finished task: someone else owns it).
+ */
+CREATE FUNCTION @extschema@.tq_heartbeat(worker text, ids bigint[], attempts integer[])
+    RETURNS TABLE (id bigint, reason text)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF tq_heartbeat.worker IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'worker must not be null';
+    END IF;
+    PERFORM tq.check_batch(tq_heartbeat.ids, tq_heartbeat.attempts);
+    RETURN QUERY
+    WITH u AS (
+        SELECT * FROM unnest(tq_heartbeat.ids, tq_heartbeat.attempts) AS u(id, attempt)
+    ), ext AS (
+        UPDATE tq.task t
+           SET lease_until = now() + t.lease_duration
+          FROM u
+         WHERE t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
+        RETURNING t.id, t.cancel_requested
+    )
+    SELECT ext.id, 'cancelled'::text FROM ext WHERE ext.cancel_requested
+    UNION ALL
+    SELECT u.id, 'lost'::text FROM u WHERE NOT EXISTS (SELECT 1 FROM ext WHERE ext.id = u.id);
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Control (the operator's side)
+------------------------------------------------------------------------------
+
+-- Asks the worker running a task to stop it (seen by its next heartbeat).
+CREATE FUNCTION tq.request_cancel(p_ids bigint[]) RETURNS bigint
+    LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+    WITH f AS (
+        UPDATE tq.task t SET cancel_requested = true
+         WHERE t.id = ANY (p_ids) AND t.state = 'running' AND NOT t.cancel_requested
+        RETURNING t.id, t.attempt, t.worker
+    )
+    SELECT count(*) FROM f, LATERAL (SELECT pg_catalog.pg_notify('tq_cancel',
+        pg_catalog.json_build_object('id', f.id, 'attempt', f.attempt, 'worker', f.worker)::text)) n
+$$;
+COMMENT ON FUNCTION tq.request_cancel(bigint[]) IS 'Flags running tasks for cancellation and sends tq_cancel; returns how many were flagged.';
+
+CREATE FUNCTION @extschema@.tq_cancel(id bigint)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'task id must not be null';
+    END IF;
+    IF EXISTS (SELECT tq.finish(ARRAY[id], NULL, '{scheduled,ready,paused}', '{cancelled}', NULL,
+                                '{"cancelled by tq_cancel before it ran"}')) THEN
+        RETURN true;
+    END IF;
+    IF EXISTS (SELECT 1 FROM tq.task t WHERE t.id = tq_cancel.id AND t.state = 'running') THEN
+        PERFORM tq.request_cancel(ARRAY[id]);
+        RETURN true;
+    END IF;
+    IF EXISTS (SELECT 1 FROM tq.history h WHERE h.id = tq_cancel.id) THEN
+        RETURN false;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+        MESSAGE = format('task %s does not exist', id),
+        HINT = 'It may never have existed, or its queue''s retention has removed it.';
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_cancel(queue text, tenant text DEFAULT NULL, include_running boolean DEFAULT true)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue := tq.get_queue(queue);
+    ids bigint[];
+    n bigint;
+BEGIN
+    PERFORM tq.check_label(tenant, 'tenant', 200);
+    SELECT array_agg(t.id) INTO ids FROM tq.task t
+     WHERE t.queue = q.name AND t.state IN ('scheduled', 'ready', 'paused')
+       AND (tenant IS NULL OR t.tenant = tenant);
+    n := (SELECT count(*) FROM tq.finish(ids, NULL, '{scheduled,ready,paused}',
+              array_fill('cancelled'::tq.task_state, ARRAY[coalesce(cardinality(ids), 0)]), NULL,
+              array_fill('cancelled by tq_cancel before it ran'::text, ARRAY[coalesce(cardinality(ids), 0)])));
+    IF coalesce(include_running, true) THEN
+        n := n + tq.request_cancel(ARRAY(
+                SELECT t.id FROM tq.task t
+                 WHERE t.state = 'running' AND t.queue = q.name
+                   AND (tenant IS NULL OR t.tenant = tenant)));
+    END IF;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_pause(queue text, tenant text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue := tq.get_queue(queue);
+    n bigint;
+BEGIN
+    PERFORM tq.check_label(tenant, 'tenant', 200);
+    PERFORM 1 FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
+    IF tenant IS NULL THEN
+        UPDATE tq.queue x SET paused = true WHERE x.name = q.name;
+        UPDATE tq.task t SET state = 'paused' WHERE t.queue = q.name AND t.state = 'ready';
+    ELSE
+        INSERT INTO tq.tenant_pause (queue, tenant) VALUES (q.name, tenant) ON CONFLICT DO NOTHING;
+        UPDATE tq.task t SET state = 'paused'
+         WHERE t.queue = q.name AND t.state = 'ready' AND t.tenant = tenant;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_resume(queue text, tenant text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue := tq.get_queue(queue);
+    n bigint;
+BEGIN
+    PERFORM tq.check_label(tenant, 'tenant', 200);
+    SELECT * INTO q FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
+    IF tenant IS NULL THEN
+        UPDATE tq.queue x SET paused = false WHERE x.name = q.name;
+        q.paused := false;
+    ELSE
+        DELETE FROM tq.tenant_pause p WHERE p.queue = q.name AND p.tenant = tenant;
+    END IF;
+    UPDATE tq.task t SET state = 'ready'
+     WHERE t.queue = q.name AND t.state = 'paused'
+       AND (tenant IS NULL OR t.tenant = tenant)
+       AND NOT tq.is_paused(q, t.tenant);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM tq.wake(q.name);
+    END IF;
+    RETURN n;
+END
+$$;
+
+/*
+ * Retries one task now: a dead, cancelled or expired task comes back with
+ * a fresh attempt budget; a task waiting out a retry backoff or a delay
+ * becomes ready at once.
+ */
+CREATE FUNCTION @extschema@.tq_retry(id bigint)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    st tq.task_state;
+    k text;
+    holder bigint;
+BEGIN
+    IF id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'task id must not be null';
+    END IF;
+    UPDATE tq.task t SET run_at = now()
+     WHERE t.id = tq_retry.id AND t.state = 'scheduled';
+    IF FOUND THEN
+        PERFORM tq.promote(ARRAY(SELECT t.queue FROM tq.task t WHERE t.id = tq_retry.id), 1000);
+        RETURN true;
+    END IF;
+    IF EXISTS (SELECT tq.revive(NULL, NULL, id, '{dead,cancelled,expired}')) THEN
+        RETURN true;
+    END IF;
+
+    SELECT t.state INTO st FROM tq.task t WHERE t.id = tq_retry.id;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('task %s is %s', id, st),
+            HINT = 'Only dead, cancelled, expired and scheduled tasks can be retried.';
+    END IF;
+    SELECT h.state, h.dedup_key INTO st, k FROM tq.history h WHERE h.id = tq_retry.id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+            MESSAGE = format('task %s does not exist', id),
+            HINT = 'It may never have existed, or its queue''s retention has removed it.';
+    ELSIF st = 'succeeded' THEN
+        RAISE EXCEPTION USING ERRCODE = 'object_not_in_prerequisite_state',
+            MESSAGE = format('task %s already succeeded', id),
+            HINT = 'Submit a new task to run the work again.';
+    END IF;
+    SELECT d.task_id INTO holder FROM tq.dedup d
+     JOIN tq.history h ON h.queue = d.queue AND h.dedup_key = d.dedup_key
+     WHERE h.id = tq_retry.id;
+    RAISE EXCEPTION USING ERRCODE = 'unique_violation',
+        MESSAGE = format('task %s cannot be retried: its dedup_key "%s" is taken by task %s', id, k, holder),
+        HINT = 'The newer task does the same work; inspect it with tq_task.';
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_retry_dead(queue text, tenant text DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue := tq.get_queue(queue);
+BEGIN
+    PERFORM tq.check_label(tenant, 'tenant', 200);
+    RETURN (SELECT count(*) FROM tq.revive(q.name, tenant, NULL, '{dead}'));
+END
+$$;
+
+CREATE FUNCTION @extschema@.tq_purge(queue text, state text DEFAULT NULL, older_than interval DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue := tq.get_queue(queue);
+    states tq.task_state[] := '{succeeded,dead,cancelled,expired}';
+    n bigint;
+BEGIN
+    IF state IS NOT NULL THEN
+        IF state NOT IN ('succeeded', 'dead', 'cancelled', 'expired') THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('cannot purge tasks in state "%s"', state),
+                DETAIL = 'Only finished tasks can be purged.',
+                HINT = 'Use succeeded, dead, cancelled, expired, or NULL for all four; cancel live tasks with tq_cancel.';
+        END IF;
+        states := ARRAY[state::tq.task_state];
+    END IF;
+    PERFORM tq.check_interval('older_than', older_than, '0', '100 years');
+    DELETE FROM tq.history h
+     WHERE h.queue = q.name AND h.state = ANY (states)
+       AND h.finished_at <= now() - coalesce(older_than, interval '0');
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Inspection
+------------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.tq_task(id bigint)
+    RETURNS TABLE (id bigint, queue text, state text, tenant text, priority smallint, payload jsonb,
+                   result jsonb, last_error text, attempts integer, max_attempts integer,
+                   dedup_key text, run_at timestamptz, expires_at timestamptz,
+                   submitted_at timestamptz, first_started_at timestamptz, finished_at timestamptz,
+                   worker text, lease_until timestamptz, cancel_requested boolean)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.id, t.queue, t.state::text, t.tenant, t.priority, t.payload, NULL::jsonb, t.last_error,
+           t.attempt, t.max_attempts, t.dedup_key, t.run_at, t.expires_at, t.submitted_at,
+           t.first_started_at, NULL::timestamptz, t.worker, t.lease_until, t.cancel_requested
+      FROM tq.task t WHERE t.id = $1
+    UNION ALL
+    SELECT h.id, h.queue, h.state::text, h.tenant, h.priority, h.payload, h.result, h.last_error,
+           h.attempt, h.max_attempts, h.dedup_key, h.run_at, h.expires_at, h.submitted_at,
+           h.first_started_at, h.finished_at, h.worker, NULL, false
+      FROM tq.history h WHERE h.id = $1
+    LIMIT 1
+$$;
+
+CREATE VIEW @extschema@.tq_queues AS
+    SELECT q.name AS queue, q.paused, q.max_attempts, q.lease, q.backoff_base, q.backoff_cap,
+           q.throttle_limit, q.dedup_window, q.retention, q.backlog_limit, q.timeout,
+           ARRAY(SELECT p.tenant FROM tq.tenant_pause p WHERE p.queue = q.name ORDER BY p.tenant)
+               AS paused_tenants,
+           q.created_at
+      FROM tq.queue q;
+
+CREATE VIEW @extschema@.tq_queue_stats AS
+    SELECT q.name AS queue,
+           q.paused AS queue_paused,
+           coalesce(l.scheduled, 0) AS scheduled,
+           coalesce(l.ready, 0) AS ready,
+           coalesce(l.paused, 0) AS paused,
+           coalesce(l.running, 0) AS running,
+           coalesce(h.succeeded, 0) AS succeeded,
+           coalesce(h.dead, 0) AS dead,
+           coalesce(h.cancelled, 0) AS cancelled,
+           coalesce(h.expired, 0) AS expired,
+           now() - l.oldest_ready AS oldest_ready_age
+      FROM tq.queue q
+      LEFT JOIN (SELECT t.queue,
+                        count(*) FILTER (WHERE t.state = 'scheduled') AS scheduled,
+                        count(*) FILTER (WHERE t.state = 'ready') AS ready,
+                        count(*) FILTER (WHERE t.state = 'paused') AS paused,
+                        count(*) FILTER (WHERE t.state = 'running') AS running,
+                        min(t.run_at) FILTER (WHERE t.state = 'ready') AS oldest_ready
+                   FROM tq.task t GROUP BY t.queue) l ON l.queue = q.name
+      LEFT JOIN (SELECT x.queue,
+                        count(*) FILTER (WHERE x.state = 'succeeded') AS succeeded,
+                        count(*) FILTER (WHERE x.state = 'dead') AS dead,
+                        count(*) FILTER (WHERE x.state = 'cancelled') AS cancelled,
+                        count(*) FILTER (WHERE x.state = 'expired') AS expired
+                   FROM tq.history x GROUP BY x.queue) h ON h.queue = q.name;
+
+------------------------------------------------------------------------------
+-- Roles and privileges
+------------------------------------------------------------------------------
+
+/*
+ * Roles are cluster-wide and outlive the extension; they are created only
+ * when missing.  Every API function runs as its owner (SECURITY DEFINER)
+ * or calls one that does, so a role needs nothing but EXECUTE.
+ */
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tq_producer') THEN
+        CREATE ROLE tq_producer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tq_worker') THEN
+        CREATE ROLE tq_worker NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'tq_admin') THEN
+        CREATE ROLE tq_admin NOLOGIN;
+    END IF;
+END
+$$;
+GRANT tq_producer, tq_worker TO tq_admin;
+
+REVOKE ALL ON ALL TABLES IN SCHEMA tq FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tq FROM PUBLIC;
+REVOKE ALL ON SCHEMA tq FROM PUBLIC;
+
+REVOKE ALL ON FUNCTION
+    @extschema@.tq_create_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer, boolean),
+    @extschema@.tq_alter_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer),
+    @extschema@.tq_drop_queue(text, boolean),
+    @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz),
+    @extschema@.tq_submit_many(text, jsonb[], timestamptz, integer, text, text[], integer, interval, timestamptz),
+    @extschema@.tq_submit_trigger(),
+    @extschema@.tq_lease(text, text[], integer, interval),
+    @extschema@.tq_complete(bigint[], integer[], jsonb[]),
+    @extschema@.tq_complete(bigint, integer, jsonb),
+    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]),
+    @extschema@.tq_fail(bigint, integer, text, text, interval),
+    @extschema@.tq_release(bigint[], integer[]),
+    @extschema@.tq_release(bigint, integer),
+    @extschema@.tq_heartbeat(text, bigint[], integer[]),
+    @extschema@.tq_cancel(bigint),
+    @extschema@.tq_cancel(text, text, boolean),
+    @extschema@.tq_pause(text, text),
+    @extschema@.tq_resume(text, text),
+    @extschema@.tq_retry(bigint),
+    @extschema@.tq_retry_dead(text, text),
+    @extschema@.tq_purge(text, text, interval),
+    @extschema@.tq_task(bigint),
+    @extschema@.tq_maintain()
+    FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz),
+    @extschema@.tq_submit_many(text, jsonb[], timestamptz, integer, text, text[], integer, interval, timestamptz),
+    @extschema@.tq_submit_trigger(),
+    @extschema@.tq_task(bigint)
+    TO tq_producer;
+GRANT SELECT ON @extschema@.tq_queue_stats, @extschema@.tq_queues TO tq_producer, tq_worker;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.tq_lease(text, text[], integer, interval),
+    @extschema@.tq_complete(bigint[], integer[], jsonb[]),
+    @extschema@.tq_complete(bigint, integer, jsonb),
+    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]),
+    @extschema@.tq_fail(bigint, integer, text, text, interval),
+    @extschema@.tq_release(bigint[], integer[]),
+    @extschema@.tq_release(bigint, integer),
+    @extschema@.tq_heartbeat(text, bigint[], integer[]),
+    @extschema@.tq_task(bigint)
+    TO tq_worker;
+
+GRANT EXECUTE ON FUNCTION
+    @extschema@.tq_create_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer, boolean),
+    @extschema@.tq_alter_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer),
+    @extschema@.tq_drop_queue(text, boolean),
+    @extschema@.tq_cancel(bigint),
+    @extschema@.tq_cancel(text, text, boolean),
+    @extschema@.tq_pause(text, text),
+    @extschema@.tq_resume(text, text),
+    @extschema@.tq_retry(bigint),
+    @extschema@.tq_retry_dead(text, text),
+    @extschema@.tq_purge(text, text, interval),
+    @extschema@.tq_maintain()
+    TO tq_admin;
+
+------------------------------------------------------------------------------
+-- Documentation of the API (\df+ and \dv+ show these)
+------------------------------------------------------------------------------
+
+COMMENT ON FUNCTION @extschema@.tq_create_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer, boolean) IS
+'Creates a queue. Options: max_attempts, lease (visibility timeout), backoff_base and backoff_cap (retry delays, full jitter), dedup_window (how long a succeeded dedup_key stays taken), retention (how long finished tasks are kept), backlog_limit (most queued tasks; NULL: none), timeout (default run-time limit), throttle_limit (throttled failures that do not use up an attempt). Returns false if it exists and if_not_exists is true.';
+COMMENT ON FUNCTION @extschema@.tq_alter_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer) IS
+'Changes queue options; NULL leaves an option as it is, 0 clears backlog_limit or timeout. Existing tasks keep their own max_attempts.';
+COMMENT ON FUNCTION @extschema@.tq_drop_queue(text, boolean) IS
+'Drops a queue with its history and dedup keys. Refuses while it has live tasks unless force => true, which deletes them.';
+COMMENT ON FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) IS
+'Submits a task (payload: a JSON object) and returns its id. Options: run_at (not before), priority (higher first), tenant, dedup_key (a duplicate of a live or recently succeeded task returns that task''s id), max_attempts, timeout (run-time limit for the worker), expires_at (give up if not started by then). Visible to workers when the calling transaction commits.';
+COMMENT ON FUNCTION @extschema@.tq_submit_many(text, jsonb[], timestamptz, integer, text, text[], integer, interval, timestamptz) IS
+'Submits one task per payload in one statement; returns the ids in payload order. dedup_keys, if given, is parallel to payloads.';
+COMMENT ON FUNCTION @extschema@.tq_submit_trigger() IS
+'Row trigger that submits the row as a task: tq_submit_trigger(''queue'' [, ''tenant=<column>'', ''dedup_key=<column>'', ''priority=<n>'', ''delay=<interval>'', ''envelope=true''])';
+COMMENT ON FUNCTION @extschema@.tq_lease(text, text[], integer, interval) IS
+'Leases up to max ready tasks of the given queues to a worker, in priority then submission order, with FOR UPDATE SKIP LOCKED. Returns each task with its attempt number, which every later call on the lease must quote (fencing).';
+COMMENT ON FUNCTION @extschema@.tq_complete(bigint[], integer[], jsonb[]) IS
+'Marks leased tasks succeeded with optional results. Returns, per task, false if the attempt is stale (the lease was lost) and nothing changed.';
+COMMENT ON FUNCTION @extschema@.tq_complete(bigint, integer, jsonb) IS
+'Marks a leased task succeeded with an optional result. Returns false if the attempt is stale and nothing changed.';
+COMMENT ON FUNCTION @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]) IS
+'Reports failed attempts. retry per task: auto (retry after backoff or retry_after, dead after max_attempts), never (dead now), throttled (retry without using up an attempt, up to the queue''s throttle_limit). Returns false per stale attempt.';
+COMMENT ON FUNCTION @extschema@.tq_fail(bigint, integer, text, text, interval) IS
+'Reports a failed attempt; retry is auto, never or throttled. Returns false if the attempt is stale.';
+COMMENT ON FUNCTION @extschema@.tq_release(bigint[], integer[]) IS
+'Hands leased tasks back unrun and without penalty (a draining worker); they are ready again at once.';
+COMMENT ON FUNCTION @extschema@.tq_release(bigint, integer) IS
+'Hands a leased task back unrun and without penalty.';
+COMMENT ON FUNCTION @extschema@.tq_heartbeat(text, bigint[], integer[]) IS
+'Extends the leases of running tasks. Returns the tasks to stop: reason cancelled (tq_cancel asked) or lost (stale attempt; another worker owns the task).';
+COMMENT ON FUNCTION @extschema@.tq_cancel(bigint) IS
+'Cancels a queued task at once, or asks the worker running it to stop (reported by its next heartbeat). False if the task had already finished.';
+COMMENT ON FUNCTION @extschema@.tq_cancel(text, text, boolean) IS
+'Cancels every queued task of a queue (or of one tenant in it) and, unless include_running is false, asks workers to stop the running ones. Returns how many.';
+COMMENT ON FUNCTION @extschema@.tq_pause(text, text) IS
+'Pauses a queue, or one tenant in it: its ready tasks are held as paused and not leased. Running tasks go on. Returns how many tasks were held.';
+COMMENT ON FUNCTION @extschema@.tq_resume(text, text) IS
+'Resumes a paused queue or tenant. Returns how many tasks became ready.';
+COMMENT ON FUNCTION @extschema@.tq_retry(bigint) IS
+'Brings a dead, cancelled or expired task back with a fresh attempt budget, or runs a scheduled task now.';
+COMMENT ON FUNCTION @extschema@.tq_retry_dead(text, text) IS
+'Brings every dead task of a queue (or of one tenant in it) back with a fresh attempt budget. Returns how many.';
+COMMENT ON FUNCTION @extschema@.tq_purge(text, text, interval) IS
+'Deletes finished tasks of a queue from history: one state (succeeded, dead, cancelled, expired) or all, optionally only those finished longer ago than older_than. Dedup windows are unaffected.';
+COMMENT ON FUNCTION @extschema@.tq_task(bigint) IS
+'One task, live or finished: state, attempts, payload, result, last error and timestamps. No row if the id is unknown or past retention.';
+COMMENT ON FUNCTION @extschema@.tq_maintain() IS
+'Runs a maintenance pass now: promotes due tasks, reclaims expired leases, expires overdue tasks, creates history partitions, applies retention, forgets old dedup keys. tq_lease runs it every tq.maintenance_interval.';
+
+COMMENT ON VIEW @extschema@.tq_queues IS 'Every queue with its options and pause state.';
+COMMENT ON COLUMN @extschema@.tq_queues.queue IS 'Queue name.';
+COMMENT ON COLUMN @extschema@.tq_queues.paused IS 'True while the whole queue is paused.';
+COMMENT ON COLUMN @extschema@.tq_queues.max_attempts IS 'Attempts a task gets before it is dead.';
+COMMENT ON COLUMN @extschema@.tq_queues.lease IS 'Lease length (visibility timeout).';
+COMMENT ON COLUMN @extschema@.tq_queues.backoff_base IS 'Delay window of the first retry.';
+COMMENT ON COLUMN @extschema@.tq_queues.backoff_cap IS 'Largest retry delay window.';
+COMMENT ON COLUMN @extschema@.tq_queues.throttle_limit IS 'Throttled failures per task that do not use up an attempt.';
+COMMENT ON COLUMN @extschema@.tq_queues.dedup_window IS 'How long a succeeded task keeps its dedup_key taken.';
+COMMENT ON COLUMN @extschema@.tq_queues.retention IS 'How long finished tasks are kept.';
+COMMENT ON COLUMN @extschema@.tq_queues.backlog_limit IS 'Most queued tasks accepted; NULL: no limit.';
+COMMENT ON COLUMN @extschema@.tq_queues.timeout IS 'Default run-time limit; NULL: none.';
+COMMENT ON COLUMN @extschema@.tq_queues.paused_tenants IS 'Tenants paused within the queue.';
+COMMENT ON COLUMN @extschema@.tq_queues.created_at IS 'When the queue was created.';
+
+COMMENT ON VIEW @extschema@.tq_queue_stats IS 'Per queue: tasks in each state and the age of the oldest ready task. Counts finished tasks still in history.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.queue IS 'Queue name.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.queue_paused IS 'True while the whole queue is paused.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.scheduled IS 'Tasks waiting for run_at or a retry backoff.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.ready IS 'Tasks that can be leased now.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.paused IS 'Ready tasks held by a paused queue or tenant.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.running IS 'Leased tasks.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.succeeded IS 'Succeeded tasks still in history.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.dead IS 'Dead tasks (out of attempts or not retryable) still in history.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.cancelled IS 'Cancelled tasks still in history.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.expired IS 'Tasks that expired before they started, still in history.';
+COMMENT ON COLUMN @extschema@.tq_queue_stats.oldest_ready_age IS 'How long the oldest ready task has been ready (NULL: none ready).';
