@@ -764,11 +764,35 @@ CREATE FUNCTION @extschema@.tq_maintain()
 DECLARE
     q tq.queue;
     k bigint;
+    woke text[];
     old_timeout text := current_setting('lock_timeout');
 BEGIN
     action := 'promoted'; queue := NULL; n := tq.promote(NULL, 100000); RETURN NEXT;
     action := 'reclaimed'; n := tq.reclaim(100000); RETURN NEXT;
     action := 'expired'; n := tq.expire(100000); RETURN NEXT;
+
+    /*
+     * Pause repair.  A submit, promotion or release decides between ready
+     * and paused from what it reads, without locking the queue; one that
+     * races tq_resume can leave a task paused in a queue that is running
+     * again (and one racing tq_pause a task ready in a paused tenant,
+     * which tq_lease filters out but must step over).  Put both right.
+     */
+    WITH up AS (
+        UPDATE tq.task t SET state = 'ready'
+          FROM tq.queue x
+         WHERE t.state = 'paused' AND x.name = t.queue AND NOT x.paused
+           AND NOT EXISTS (SELECT 1 FROM tq.tenant_pause p WHERE p.queue = t.queue AND p.tenant = t.tenant)
+        RETURNING t.queue
+    )
+    SELECT count(*), array_agg(DISTINCT up.queue) INTO k, woke FROM up;
+    PERFORM tq.wake(w) FROM unnest(woke) w;
+    UPDATE tq.task t SET state = 'paused'
+      FROM tq.tenant_pause p
+     WHERE t.state = 'ready' AND t.queue = p.queue AND t.tenant = p.tenant;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    n := n + k;
+    action := 'pause state repaired'; RETURN NEXT;
 
     -- One partition maintainer at a time (key: 'tq' in ASCII).
     IF NOT pg_try_advisory_xact_lock(7417) THEN
