@@ -300,7 +300,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('%s is out of range', p_what),
             DETAIL = format('The value given is %s; it must lie between %s and %s.', p_value, p_lo, p_hi),
-            HINT = CASE WHEN p_zero_ok THEN 'Pass 0 for none.' ELSE NULL END;
+            HINT = CASE WHEN p_zero_ok THEN 'Pass 0 for none.'
+                        ELSE format('Pass an interval between %s and %s.', p_lo, p_hi) END;
     END IF;
     RETURN p_value;
 END
@@ -421,7 +422,7 @@ COMMENT ON FUNCTION tq.check_backlog(tq.queue, text, bigint) IS 'Raises SQLSTATE
  */
 CREATE FUNCTION tq.finish(p_ids bigint[], p_attempts integer[], p_from tq.task_state[],
                           p_to tq.task_state[], p_results jsonb[], p_errors text[])
-    RETURNS SETOF bigint
+    RETURNS TABLE (id bigint, attempt integer)
     LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 WITH u AS (
     SELECT * FROM unnest(p_ids, p_attempts, p_to, p_results, p_errors)
@@ -443,7 +444,7 @@ WITH u AS (
            d.max_attempts, d.attempt, d.free_attempts, d.throttles, d.worker, d.submitted_at,
            d.first_started_at, d.started_at, now()
     FROM d
-    RETURNING id, queue, state, dedup_key
+    RETURNING id, attempt, queue, state, dedup_key
 ), keep_key AS (
     UPDATE tq.dedup x SET until = now() + q.dedup_window
     FROM h JOIN tq.queue q ON q.name = h.queue
@@ -455,11 +456,11 @@ WITH u AS (
     WHERE h.state <> 'succeeded' AND h.dedup_key IS NOT NULL
       AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id
 )
-SELECT h.id
+SELECT h.id, h.attempt
 FROM h, LATERAL (SELECT pg_catalog.pg_notify('tq_done',
                      pg_catalog.json_build_object('id', h.id, 'queue', h.queue, 'state', h.state)::text)) n
 $$;
-COMMENT ON FUNCTION tq.finish(bigint[], integer[], tq.task_state[], tq.task_state[], jsonb[], text[]) IS 'Moves tasks that are in one of the given states (and at the given attempt) to history in their final state; returns the ids moved.';
+COMMENT ON FUNCTION tq.finish(bigint[], integer[], tq.task_state[], tq.task_state[], jsonb[], text[]) IS 'Moves tasks that are in one of the given states (and at the given attempt) to history in their final state; returns the (id, attempt) pairs moved.';
 
 /*
  * tq.fail_running: the failure path of running tasks, shared by tq_fail
@@ -474,8 +475,9 @@ COMMENT ON FUNCTION tq.finish(bigint[], integer[], tq.task_state[], tq.task_stat
  */
 CREATE FUNCTION tq.fail_running(p_ids bigint[], p_attempts integer[], p_errors text[],
                                 p_retry text[], p_delays interval[])
-    RETURNS SETOF bigint
+    RETURNS TABLE (id bigint, attempt integer)
     LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     c_ids bigint[];
     c_attempts integer[];
@@ -516,16 +518,18 @@ BEGIN
       FROM unnest(c_ids, c_attempts, c_outcomes, c_errors, c_delays) AS c(id, attempt, outcome, error, delay)
      WHERE t.id = c.id AND t.attempt = c.attempt AND t.state = 'running'
        AND c.outcome IN ('retry', 'throttled')
-    RETURNING t.id;
+    RETURNING t.id, t.attempt;
 
     RETURN QUERY
-    SELECT tq.finish(array_agg(c.id), array_agg(c.attempt), '{running}',
-                     array_agg(c.outcome::tq.task_state), NULL, array_agg(c.error))
-      FROM unnest(c_ids, c_attempts, c_outcomes, c_errors) AS c(id, attempt, outcome, error)
-     WHERE c.outcome IN ('dead', 'cancelled');
+    SELECT f.id, f.attempt
+      FROM (SELECT array_agg(c.id) AS ids, array_agg(c.attempt) AS attempts,
+                   array_agg(c.outcome::tq.task_state) AS outcomes, array_agg(c.error) AS errors
+              FROM unnest(c_ids, c_attempts, c_outcomes, c_errors) AS c(id, attempt, outcome, error)
+             WHERE c.outcome IN ('dead', 'cancelled')) a,
+           LATERAL tq.finish(a.ids, a.attempts, '{running}', a.outcomes, NULL, a.errors) f;
 END
 $$;
-COMMENT ON FUNCTION tq.fail_running(bigint[], integer[], text[], text[], interval[]) IS 'Failure path of running tasks: retry with backoff, throttle, or finish as dead or cancelled.';
+COMMENT ON FUNCTION tq.fail_running(bigint[], integer[], text[], text[], interval[]) IS 'Failure path of running tasks: retry with backoff, throttle, or finish as dead or cancelled; returns the (id, attempt) pairs acted on.';
 
 /*
  * Promotes due scheduled tasks of the given queues (all queues when NULL)
@@ -1056,9 +1060,6 @@ BEGIN
     END IF;
     PERFORM tq.check_payload(payload);
     v_state := tq.check_submit(q, run_at, priority, tenant, max_attempts, timeout, expires_at);
-    IF q.backlog_limit IS NOT NULL THEN
-        PERFORM tq.check_backlog(q, tenant, 1);
-    END IF;
     v_id := nextval('tq.task_id_seq');
 
     IF dedup_key IS NOT NULL THEN
@@ -1076,6 +1077,11 @@ BEGIN
              WHERE d.queue = q.name AND d.dedup_key = tq_submit.dedup_key;
             RETURN v_owner;
         END IF;
+    END IF;
+    -- After dedup: a producer retrying an idempotent submit gets its id
+    -- back even from a full queue.
+    IF q.backlog_limit IS NOT NULL THEN
+        PERFORM tq.check_backlog(q, tenant, 1);
     END IF;
 
     INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
@@ -1137,9 +1143,6 @@ BEGIN
             HINT = 'Pass one dedup key per payload (NULL for none), or no dedup_keys at all.';
     END IF;
     v_state := tq.check_submit(q, run_at, priority, tenant, max_attempts, timeout, expires_at);
-    IF q.backlog_limit IS NOT NULL THEN
-        PERFORM tq.check_backlog(q, tenant, n);
-    END IF;
 
     -- Ids in payload order; the payload check reports the first bad element.
     SELECT array_agg(nextval('tq.task_id_seq') ORDER BY o) INTO v_ids
@@ -1173,6 +1176,11 @@ BEGIN
         SELECT array_agg(coalesce(d.task_id, v_ids[u.o]) ORDER BY u.o) INTO v_owners
           FROM unnest(dedup_keys) WITH ORDINALITY AS u(k, o)
           LEFT JOIN tq.dedup d ON d.queue = q.name AND d.dedup_key = u.k;
+    END IF;
+    IF q.backlog_limit IS NOT NULL THEN
+        PERFORM tq.check_backlog(q, tenant,
+                                 (SELECT count(*) FROM generate_subscripts(v_ids, 1) o
+                                   WHERE v_owners[o] = v_ids[o]));
     END IF;
 
     INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
@@ -1223,6 +1231,17 @@ BEGIN
         opt := TG_ARGV[i];
         k := split_part(opt, '=', 1);
         v := substr(opt, length(k) + 2);
+        IF v = '' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('option "%s" of trigger "%s" on "%s" has no value', opt, TG_NAME, TG_TABLE_NAME),
+                HINT = 'Write options as name=value, for example ''tenant=shop_id''.';
+        END IF;
+        IF k IN ('tenant', 'dedup_key') AND NOT v_row ? v THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_column',
+                MESSAGE = format('option "%s" of trigger "%s" names column "%s", which "%s" does not have',
+                                 opt, TG_NAME, v, TG_TABLE_NAME),
+                HINT = 'Name a column of the table the trigger is on.';
+        END IF;
         CASE k
             WHEN 'tenant' THEN v_tenant := v_row ->> v;
             WHEN 'dedup_key' THEN v_dedup := v_row ->> v;
@@ -1343,14 +1362,16 @@ BEGIN
 END
 $$;
 
--- Joins the finished ids back to the input: true where the task was acted on.
-CREATE FUNCTION tq.mask(p_ids bigint[], p_done bigint[]) RETURNS boolean[]
+-- Joins the (id, attempt) pairs acted on back to the input, in input order.
+CREATE FUNCTION tq.mask(p_ids bigint[], p_attempts integer[], p_done_ids bigint[], p_done_attempts integer[])
+    RETURNS boolean[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(d.id IS NOT NULL ORDER BY u.o), '{}')
-      FROM unnest(p_ids) WITH ORDINALITY AS u(id, o)
-      LEFT JOIN (SELECT DISTINCT x FROM unnest(p_done) x) d(id) ON d.id = u.id
+      FROM unnest(p_ids, p_attempts) WITH ORDINALITY AS u(id, attempt, o)
+      LEFT JOIN (SELECT DISTINCT x, y FROM unnest(p_done_ids, p_done_attempts) AS z(x, y)) d(id, attempt)
+             ON d.id = u.id AND d.attempt = u.attempt
 $$;
-COMMENT ON FUNCTION tq.mask(bigint[], bigint[]) IS 'For each input id, whether it is among the ids acted on.';
+COMMENT ON FUNCTION tq.mask(bigint[], integer[], bigint[], integer[]) IS 'For each input (id, attempt), whether it is among the pairs acted on.';
 
 CREATE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL)
     RETURNS boolean[]
@@ -1358,14 +1379,17 @@ CREATE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], result
 #variable_conflict use_variable
 DECLARE
     n integer := tq.check_batch(ids, attempts, cardinality(results), 'results');
+    done_ids bigint[];
+    done_attempts integer[];
 BEGIN
     IF n = 0 THEN
         RETURN '{}';
     END IF;
     PERFORM tq.check_result(r) FROM unnest(results) r WHERE r IS NOT NULL;
-    RETURN tq.mask(ids, ARRAY(
-        SELECT tq.finish(ids, attempts, '{running}',
-                         array_fill('succeeded'::tq.task_state, ARRAY[n]), results, NULL)));
+    SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
+      FROM tq.finish(ids, attempts, '{running}', array_fill('succeeded'::tq.task_state, ARRAY[n]),
+                     results, NULL) f;
+    RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
 
@@ -1390,9 +1414,16 @@ CREATE FUNCTION @extschema@.tq_fail(ids bigint[], attempts integer[], errors tex
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    n integer := tq.check_batch(ids, attempts, coalesce(cardinality(errors), -1), 'errors');
+    n integer := tq.check_batch(ids, attempts, cardinality(errors), 'errors');
     bad text;
+    done_ids bigint[];
+    done_attempts integer[];
 BEGIN
+    IF errors IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'errors must not be null',
+            HINT = 'Pass one error text per task id, saying why each attempt failed.';
+    END IF;
     PERFORM tq.check_batch(ids, attempts, cardinality(retry), 'retry');
     PERFORM tq.check_batch(ids, attempts, cardinality(retry_after), 'retry_after');
     IF n = 0 THEN
@@ -1410,11 +1441,14 @@ BEGIN
             HINT = 'Use ''auto'' (retry with backoff), ''never'' (dead at once) or ''throttled'' (retry without using up an attempt).';
     END IF;
     PERFORM tq.check_interval('retry_after', d, '0', '30 days') FROM unnest(retry_after) d WHERE d IS NOT NULL;
-    RETURN tq.mask(ids, ARRAY(
-        SELECT tq.fail_running(ids, attempts,
-                               ARRAY(SELECT tq.clip_error(e) FROM unnest(errors) WITH ORDINALITY AS x(e, o) ORDER BY o),
-                               ARRAY(SELECT coalesce(r, 'auto') FROM unnest(coalesce(retry, array_fill(NULL::text, ARRAY[n]))) WITH ORDINALITY AS x(r, o) ORDER BY o),
-                               retry_after)));
+    SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
+      FROM tq.fail_running(ids, attempts,
+               ARRAY(SELECT tq.clip_error(e) FROM unnest(errors) WITH ORDINALITY AS x(e, o) ORDER BY o),
+               ARRAY(SELECT coalesce(r, 'auto')
+                       FROM unnest(coalesce(retry, array_fill(NULL::text, ARRAY[n]))) WITH ORDINALITY AS x(r, o)
+                      ORDER BY o),
+               retry_after) f;
+    RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
 
@@ -1436,18 +1470,21 @@ CREATE FUNCTION @extschema@.tq_release(ids bigint[], attempts integer[])
 #variable_conflict use_variable
 DECLARE
     n integer := tq.check_batch(ids, attempts);
-    done bigint[];
+    done_ids bigint[];
+    done_attempts integer[];
 BEGIN
     IF n = 0 THEN
         RETURN '{}';
     END IF;
-    done := ARRAY(
-        SELECT tq.finish(array_agg(t.id), array_agg(t.attempt), '{running}',
-                         array_agg('cancelled'::tq.task_state), NULL,
-                         array_agg('cancelled while running (released by the worker)'::text))
-          FROM unnest(ids, attempts) AS u(id, attempt)
-          JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt
-         WHERE t.state = 'running' AND t.cancel_requested);
+    SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
+      FROM (SELECT array_agg(t.id) AS ids, array_agg(t.attempt) AS attempts
+              FROM unnest(ids, attempts) AS u(id, attempt)
+              JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt
+             WHERE t.state = 'running' AND t.cancel_requested) c,
+           LATERAL tq.finish(c.ids, c.attempts, '{running}',
+                             array_fill('cancelled'::tq.task_state, ARRAY[coalesce(cardinality(c.ids), 0)]), NULL,
+                             array_fill('cancelled while running (released by the worker)'::text,
+                                        ARRAY[coalesce(cardinality(c.ids), 0)])) f;
     WITH up AS (
         UPDATE tq.task t
            SET state = CASE WHEN tq.is_paused(q, t.tenant) THEN 'paused'::tq.task_state
@@ -1458,12 +1495,15 @@ BEGIN
           FROM unnest(ids, attempts) AS u(id, attempt), tq.queue q
          WHERE t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
            AND q.name = t.queue
-        RETURNING t.id, t.queue, t.state
+        RETURNING t.id, t.attempt
     )
-    SELECT done || coalesce(array_agg(up.id), '{}') INTO done FROM up;
+    SELECT coalesce(done_ids, '{}') || coalesce(array_agg(up.id), '{}'),
+           coalesce(done_attempts, '{}') || coalesce(array_agg(up.attempt), '{}')
+      INTO done_ids, done_attempts
+      FROM up;
     PERFORM tq.wake(x.queue) FROM (SELECT DISTINCT t.queue FROM tq.task t
                                     WHERE t.id = ANY (ids) AND t.state = 'ready') x;
-    RETURN tq.mask(ids, done);
+    RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
 
@@ -1487,6 +1527,7 @@ BEGIN
     IF tq_heartbeat.worker IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'worker must not be null';
     END IF;
+    PERFORM tq.check_label(tq_heartbeat.worker, 'worker name', 200);
     PERFORM tq.check_batch(tq_heartbeat.ids, tq_heartbeat.attempts);
     RETURN QUERY
     WITH u AS (

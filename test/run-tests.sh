@@ -109,7 +109,8 @@ count_harness_failures()
 	local out=$1 n=0 f
 	shift
 	for f in "$@"; do
-		if grep -qF -- "$f (Wstat:" "$out"; then
+		# The summary pads names to a common width: "file.sql   (Wstat: ...".
+		if grep -qE -- "^$(printf '%s' "$f" | sed 's/[.[\*^$/]/\\&/g') +\(Wstat:" "$out"; then
 			n=$((n + 1))
 		fi
 	done
