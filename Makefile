@@ -6,9 +6,14 @@
 #                   and run every test against a throwaway cluster
 #   make demo       the main job: a throwaway cluster with tq, tasks flowing
 #   make bench      the benchmark table (test/bench)
+#   make format     reformat the C sources with the pinned .clang-format
 PG_CONFIG ?= pg_config
 
-.PHONY: all extension install uninstall check demo bench deps clean
+.PHONY: all extension install uninstall check demo bench deps clean format format-check
+
+# Our C sources, formatted by the pinned .clang-format.
+C_SOURCES = $(wildcard extension/*.c extension/*.h)
+CLANG_FORMAT ?= clang-format
 
 all: extension
 
@@ -25,9 +30,20 @@ uninstall:
 deps:
 	test/deps.sh
 
-check: deps
+check: deps format-check
 	$(MAKE) install
 	test/run-tests.sh
+
+format:
+	$(CLANG_FORMAT) -i $(C_SOURCES)
+
+# Fails when a C file differs from what clang-format makes of it.
+format-check:
+	@if ! command -v $(CLANG_FORMAT) >/dev/null; then \
+		echo "format-check: $(CLANG_FORMAT) not found, skipped"; \
+	else \
+		$(CLANG_FORMAT) --dry-run --Werror $(C_SOURCES) && echo "format-check: ok"; \
+	fi
 
 demo: deps
 	$(MAKE) install

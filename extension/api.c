@@ -44,32 +44,29 @@ PG_FUNCTION_INFO_V1(tq_check_result);
 Datum
 tq_check_payload(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *payload;
-	Size		size;
+	Jsonb *payload;
+	Size size;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("task payload must not be null"),
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("task payload must not be null"),
 				 errhint("Pass a JSON object, for example '{}'::jsonb.")));
 
 	payload = PG_GETARG_JSONB_P(0);
 	if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("task payload must be a JSON object"),
-				 errdetail("The payload given is a JSON %s.",
-						   JB_ROOT_IS_SCALAR(payload) ? "scalar" : "array"),
-				 errhint("Wrap the value in an object, for example "
-						 "jsonb_build_object('items', ...).")));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("task payload must be a JSON object"),
+						errdetail("The payload given is a JSON %s.",
+								  JB_ROOT_IS_SCALAR(payload) ? "scalar" : "array"),
+						errhint("Wrap the value in an object, for example "
+								"jsonb_build_object('items', ...).")));
 
 	size = VARSIZE(payload);
 	if (size > (Size) tq_max_payload_size)
 		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("task payload is too large"),
-				 errdetail("The payload takes %zu bytes; tq.max_payload_size is %d bytes.",
-						   size, tq_max_payload_size),
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("task payload is too large"),
+				 errdetail("The payload takes %zu bytes; tq.max_payload_size is %d bytes.", size,
+						   tq_max_payload_size),
 				 errhint("Store large data in a table or object store and "
 						 "pass a reference to it in the payload.")));
 
@@ -87,39 +84,37 @@ tq_check_payload(PG_FUNCTION_ARGS)
 Datum
 tq_check_name(PG_FUNCTION_ARGS)
 {
-	text	   *what_t = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
-	char	   *what = what_t ? text_to_cstring(what_t) : "queue";
-	text	   *name_t;
+	text *what_t = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
+	char *what = what_t ? text_to_cstring(what_t) : "queue";
+	text *name_t;
 	const char *name;
-	int			len;
+	int len;
 
 	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s name must not be null", what)));
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("%s name must not be null", what)));
 
 	name_t = PG_GETARG_TEXT_PP(0);
 	name = VARDATA_ANY(name_t);
 	len = VARSIZE_ANY_EXHDR(name_t);
 
 	if (len == 0 || len > TQ_NAME_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid %s name \"%s\"", what, text_to_cstring(name_t)),
-				 errdetail("A %s name must be 1 to %d bytes long; this one has %d.",
-						   what, TQ_NAME_MAX, len),
-				 errhint("Use letters, digits, '_', '-' and '.', starting with a letter.")));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_NAME),
+						errmsg("invalid %s name \"%s\"", what, text_to_cstring(name_t)),
+						errdetail("A %s name must be 1 to %d bytes long; this one has %d.", what,
+								  TQ_NAME_MAX, len),
+						errhint("Use letters, digits, '_', '-' and '.', starting with a letter.")));
 
 	for (int i = 0; i < len; i++)
 	{
-		char		c = name[i];
-		bool		ok;
+		char c = name[i];
+		bool ok;
 
 		if (i == 0)
 			ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
 		else
-			ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-				(c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.';
+			ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+				 c == '_' || c == '-' || c == '.';
 		if (!ok)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_NAME),
@@ -143,11 +138,11 @@ tq_check_name(PG_FUNCTION_ARGS)
 Datum
 tq_check_label(PG_FUNCTION_ARGS)
 {
-	text	   *value_t;
-	char	   *what = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	int32		max_len = PG_GETARG_INT32(2);
+	text *value_t;
+	char *what = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	int32 max_len = PG_GETARG_INT32(2);
 	const unsigned char *p;
-	int			len;
+	int len;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
@@ -157,23 +152,19 @@ tq_check_label(PG_FUNCTION_ARGS)
 	len = VARSIZE_ANY_EXHDR(value_t);
 
 	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must not be an empty string", what),
-				 errhint("Pass NULL to leave it unset.")));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("%s must not be an empty string", what),
+						errhint("Pass NULL to leave it unset.")));
 	if (len > max_len)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is too long", what),
-				 errdetail("It has %d bytes; the limit is %d.", len, max_len),
-				 errhint("Use a shorter value, for example a hash of the long one.")));
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s is too long", what),
+						errdetail("It has %d bytes; the limit is %d.", len, max_len),
+						errhint("Use a shorter value, for example a hash of the long one.")));
 	for (int i = 0; i < len; i++)
 		if (p[i] < 0x20 || p[i] == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("%s contains a control character", what),
-					 errdetail("Byte %d has the value 0x%02x.", i + 1, p[i]),
-					 errhint("Remove newlines, tabs and other control characters.")));
+			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+							errmsg("%s contains a control character", what),
+							errdetail("Byte %d has the value 0x%02x.", i + 1, p[i]),
+							errhint("Remove newlines, tabs and other control characters.")));
 
 	PG_RETURN_TEXT_P(value_t);
 }
@@ -192,19 +183,16 @@ tq_check_label(PG_FUNCTION_ARGS)
 Datum
 tq_backoff(PG_FUNCTION_ARGS)
 {
-	int32		n = PG_GETARG_INT32(0);
-	Interval   *base = PG_GETARG_INTERVAL_P(1);
-	Interval   *cap = PG_GETARG_INTERVAL_P(2);
-	Interval   *result;
-	double		base_us,
-				cap_us,
-				window,
-				delay;
+	int32 n = PG_GETARG_INT32(0);
+	Interval *base = PG_GETARG_INTERVAL_P(1);
+	Interval *cap = PG_GETARG_INTERVAL_P(2);
+	Interval *result;
+	double base_us, cap_us, window, delay;
 
 	base_us = (double) base->time +
-		((double) base->day + (double) base->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+			  ((double) base->day + (double) base->month * DAYS_PER_MONTH) * USECS_PER_DAY;
 	cap_us = (double) cap->time +
-		((double) cap->day + (double) cap->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+			 ((double) cap->day + (double) cap->month * DAYS_PER_MONTH) * USECS_PER_DAY;
 	if (base_us < 0)
 		base_us = 0;
 	if (cap_us < base_us)
@@ -235,18 +223,16 @@ tq_backoff(PG_FUNCTION_ARGS)
 Datum
 tq_check_result(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *result;
+	Jsonb *result;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 	result = PG_GETARG_JSONB_P(0);
 	if (VARSIZE(result) > (Size) tq_max_payload_size)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("task result is too large"),
-				 errdetail("The result takes %zu bytes; tq.max_payload_size is %d bytes.",
-						   (Size) VARSIZE(result), tq_max_payload_size),
-				 errhint("Store large results elsewhere and return a reference to them.")));
+		ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("task result is too large"),
+						errdetail("The result takes %zu bytes; tq.max_payload_size is %d bytes.",
+								  (Size) VARSIZE(result), tq_max_payload_size),
+						errhint("Store large results elsewhere and return a reference to them.")));
 	PG_RETURN_JSONB_P(result);
 }
 

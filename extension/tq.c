@@ -27,11 +27,11 @@
 
 PG_MODULE_MAGIC;
 
-bool		tq_producer_notify = true;
-int			tq_max_payload_size = 1024 * 1024;
-int			tq_maintenance_interval = 60 * 1000;
+bool tq_producer_notify = true;
+int tq_max_payload_size = 1024 * 1024;
+int tq_maintenance_interval = 60 * 1000;
 
-void		_PG_init(void);
+void _PG_init(void);
 
 /*
  * _PG_init
@@ -42,47 +42,30 @@ void
 _PG_init(void)
 {
 	if (!process_shared_preload_libraries_in_progress)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("tq must be loaded via shared_preload_libraries"),
-				 errdetail("The library \"tq\" was loaded into a running server."),
-				 errhint("Add tq to shared_preload_libraries in postgresql.conf "
-						 "(for example: shared_preload_libraries = 'tq') "
-						 "and restart the server.")));
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("tq must be loaded via shared_preload_libraries"),
+						errdetail("The library \"tq\" was loaded into a running server."),
+						errhint("Add tq to shared_preload_libraries in postgresql.conf "
+								"(for example: shared_preload_libraries = 'tq') "
+								"and restart the server.")));
 
 	DefineCustomBoolVariable("tq.producer_notify",
 							 "Sends NOTIFY tq_ready from transactions that submit ready tasks.",
 							 "At most one notification per queue and transaction. "
 							 "Workers also poll, so turning this off delays wake-ups "
 							 "but loses no task.",
-							 &tq_producer_notify,
-							 true,
-							 PGC_USERSET,
-							 0,
-							 NULL, NULL, NULL);
+							 &tq_producer_notify, true, PGC_USERSET, 0, NULL, NULL, NULL);
 
-	DefineCustomIntVariable("tq.max_payload_size",
-							"Largest task payload tq_submit accepts.",
-							"Measured as the stored jsonb size.",
-							&tq_max_payload_size,
-							1024 * 1024,
-							64,
-							MaxAllocSize / 2,
-							PGC_SUSET,
-							GUC_UNIT_BYTE,
-							NULL, NULL, NULL);
+	DefineCustomIntVariable("tq.max_payload_size", "Largest task payload tq_submit accepts.",
+							"Measured as the stored jsonb size.", &tq_max_payload_size, 1024 * 1024,
+							64, MaxAllocSize / 2, PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
 
 	DefineCustomIntVariable("tq.maintenance_interval",
 							"Time between opportunistic maintenance passes run by tq_lease.",
 							"A pass creates history partitions ahead of need, applies "
 							"retention and forgets expired deduplication keys.",
-							&tq_maintenance_interval,
-							60 * 1000,
-							100,
-							24 * 3600 * 1000,
-							PGC_SIGHUP,
-							GUC_UNIT_MS,
-							NULL, NULL, NULL);
+							&tq_maintenance_interval, 60 * 1000, 100, 24 * 3600 * 1000, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("tq");
 }

@@ -14,10 +14,10 @@
 #define TQ_H
 
 /* Settings (GUCs), defined in tq.c; all are named tq.<name>. */
-extern bool tq_producer_notify;		/* NOTIFY tq_ready from submitting
+extern bool tq_producer_notify;     /* NOTIFY tq_ready from submitting
 									 * transactions */
-extern int	tq_max_payload_size;	/* largest accepted payload, bytes */
-extern int	tq_maintenance_interval;	/* ms between opportunistic
+extern int tq_max_payload_size;     /* largest accepted payload, bytes */
+extern int tq_maintenance_interval; /* ms between opportunistic
 										 * maintenance passes */
 
-#endif							/* TQ_H */
+#endif /* TQ_H */
