@@ -3,7 +3,7 @@
 -- can call the API; SECURITY DEFINER functions pin search_path.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(64);
+SELECT plan(65);
 
 -- Runs one statement as a role and says how it went: 'ok' or the SQLSTATE.
 -- (pgTAP itself must run as the superuser: its bookkeeping tables are ours.)
@@ -154,12 +154,19 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
                  WHERE f.prosecdef AND p.proowner <> (SELECT extowner FROM pg_extension WHERE extname = 'tq')
                  ORDER BY 1), '{}'::text[],
     'every SECURITY DEFINER function is owned by the extension''s owner');
-SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid JOIN pg_language l ON l.oid = p.prolang
-                 WHERE l.lanname IN ('plpgsql', 'sql') AND NOT EXISTS (
-                       SELECT 1 FROM unnest(coalesce(f.proconfig, '{}')) c WHERE c LIKE 'search_path=%')
-                   AND p.pronamespace = 'tq'::regnamespace
+-- Internal helpers run under the calling API function's pinned search_path
+-- (they carry no SET of their own, see the install script), which is safe
+-- only as long as nobody else can call them.
+SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
+                 WHERE p.pronamespace = 'tq'::regnamespace
+                   AND (has_function_privilege('public', f.oid, 'EXECUTE')
+                        OR has_function_privilege('tq_producer', f.oid, 'EXECUTE')
+                        OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
+                        OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
                  ORDER BY 1), '{}'::text[],
-    'every internal SQL or PL/pgSQL function in schema tq pins search_path too');
+    'no internal function in schema tq is executable by PUBLIC or the tq roles');
+SELECT ok(NOT has_schema_privilege('tq_admin', 'tq', 'USAGE') AND NOT has_schema_privilege('public', 'tq', 'USAGE'),
+    'schema tq is closed to PUBLIC and the tq roles');
 
 SELECT * FROM finish();
 ROLLBACK;

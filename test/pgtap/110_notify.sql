@@ -1,7 +1,8 @@
 -- Notifications: the settings, and (through dblink, when it is installed)
 -- what a listener receives: tq_ready at most once per queue and transaction,
 -- never per row of a bulk submit, none with tq.producer_notify off, none for
--- tasks that are not ready; tq_done with the task id and final state.
+-- tasks that are not ready; tq_done with a JSON array of {id, queue, state},
+-- one notification for a whole batch.
 --
 -- NOTIFY is delivered at commit, which this file (one rolled-back
 -- transaction) never reaches; so a second and a third session, opened with
@@ -10,7 +11,7 @@
 -- on tq's tables before they are done, so they cannot wait for it.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(19);
+SELECT plan(21);
 
 -- The settings.
 SELECT is(current_setting('tq.producer_notify'), 'on', 'tq.producer_notify exists and is on by default');
@@ -114,18 +115,30 @@ SELECT pg_temp.setup() AS have_sessions \gset
     INSERT INTO got SELECT 'done', * FROM pg_temp.received(
         $$SELECT tq_complete(l.id, l.attempt) FROM tq_lease('tap-w', ARRAY['tap_notify'], 1) l$$);
     SELECT is((SELECT count(*)::int FROM got WHERE step = 'done' AND channel = 'tq_done'), 1, 'a completed task sends one tq_done');
-    SELECT is((SELECT payload::jsonb->>'state' FROM got WHERE step = 'done' AND channel = 'tq_done'), 'succeeded',
+    SELECT is((SELECT jsonb_array_length(payload::jsonb) FROM got WHERE step = 'done' AND channel = 'tq_done'), 1,
+        'tq_done of one task is an array of one');
+    SELECT is((SELECT payload::jsonb->0->>'state' FROM got WHERE step = 'done' AND channel = 'tq_done'), 'succeeded',
         'tq_done carries the final state');
-    SELECT is((SELECT payload::jsonb->>'queue' FROM got WHERE step = 'done' AND channel = 'tq_done'), 'tap_notify',
+    SELECT is((SELECT payload::jsonb->0->>'queue' FROM got WHERE step = 'done' AND channel = 'tq_done'), 'tap_notify',
         'tq_done carries the queue');
-    SELECT ok((SELECT (payload::jsonb->>'id')::bigint > 0 FROM got WHERE step = 'done' AND channel = 'tq_done'),
+    SELECT ok((SELECT (payload::jsonb->0->>'id')::bigint > 0 FROM got WHERE step = 'done' AND channel = 'tq_done'),
         'tq_done carries the task id');
 
     INSERT INTO got SELECT 'dead', * FROM pg_temp.received(
         $$SELECT tq_fail(l.id, l.attempt, 'x', 'never') FROM tq_lease('tap-w', ARRAY['tap_notify'], 3) l$$);
-    SELECT results_eq($$SELECT channel, payload::jsonb->>'state' FROM got WHERE step = 'dead'$$,
+    SELECT results_eq($$SELECT channel, payload::jsonb->0->>'state' FROM got WHERE step = 'dead'$$,
         $$VALUES ('tq_done', 'dead'), ('tq_done', 'dead'), ('tq_done', 'dead')$$,
-        'each task finished in a batch sends its own tq_done with its final state');
+        'each task finished by its own call sends its own tq_done with its final state');
+
+    INSERT INTO got SELECT 'batch', * FROM pg_temp.received(
+        $$SELECT tq_submit_many('tap_notify', ARRAY['{}', '{}', '{}']::jsonb[]);
+          WITH l AS (SELECT * FROM tq_lease('tap-w', ARRAY['tap_notify'], 3))
+          SELECT tq_complete(array_agg(l.id), array_agg(l.attempt)) FROM l$$);
+    SELECT results_eq($$SELECT jsonb_array_length(payload::jsonb),
+                               (SELECT array_agg(DISTINCT e->>'state') FROM jsonb_array_elements(payload::jsonb) e)
+                          FROM got WHERE step = 'batch' AND channel = 'tq_done'$$,
+        $$VALUES (3, ARRAY['succeeded'])$$,
+        'a batch of three completions sends one tq_done listing all three');
 
     INSERT INTO got SELECT 'retry', * FROM pg_temp.received(
         $$SELECT tq_fail(l.id, l.attempt, 'x') FROM tq_lease('tap-w', ARRAY['tap_notify'], 1) l$$);
@@ -139,7 +152,7 @@ SELECT pg_temp.setup() AS have_sessions \gset
     SELECT dblink_disconnect('tap_listener');
     SELECT dblink_disconnect('tap_producer');
 \else
-    SELECT skip('no dblink sessions (see the warning above): notifications cannot be observed from one rolled-back transaction', 13);
+    SELECT skip('no dblink sessions (see the warning above): notifications cannot be observed from one rolled-back transaction', 15);
 \endif
 
 SELECT * FROM finish();
