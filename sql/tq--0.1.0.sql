@@ -208,6 +208,60 @@ CREATE TABLE tq.meta (
 INSERT INTO tq.meta DEFAULT VALUES;
 COMMENT ON TABLE tq.meta IS 'Single row of extension-wide state: when the next opportunistic maintenance pass is due.';
 
+-- Columns of the internal tables, for operators who query them.
+COMMENT ON COLUMN tq.task.id IS 'Task id, from tq.task_id_seq; also the tie-breaker of dispatch order.';
+COMMENT ON COLUMN tq.task.queue IS 'Queue the task belongs to.';
+COMMENT ON COLUMN tq.task.state IS 'scheduled, ready, paused or running; finished tasks are in tq.history.';
+COMMENT ON COLUMN tq.task.priority IS 'Higher is leased first.';
+COMMENT ON COLUMN tq.task.tenant IS 'Tenant the task belongs to (NULL: none).';
+COMMENT ON COLUMN tq.task.payload IS 'The JSON object given at submit.';
+COMMENT ON COLUMN tq.task.dedup_key IS 'Deduplication key (NULL: none); see tq.dedup.';
+COMMENT ON COLUMN tq.task.run_at IS 'Not leased before this time; for a retry, when the backoff ends.';
+COMMENT ON COLUMN tq.task.expires_at IS 'Deadline to start: still queued then, the task expires.';
+COMMENT ON COLUMN tq.task.timeout IS 'Run-time limit for the worker (NULL: the queues).';
+COMMENT ON COLUMN tq.task.max_attempts IS 'Attempts the task gets before it is dead.';
+COMMENT ON COLUMN tq.task.worker IS 'Worker holding (or that last held) the lease.';
+COMMENT ON COLUMN tq.task.lease_until IS 'When the current lease runs out unless extended.';
+COMMENT ON COLUMN tq.task.last_error IS 'Error of the last failed attempt.';
+COMMENT ON COLUMN tq.task.submitted_at IS 'When the task was submitted.';
+COMMENT ON COLUMN tq.task.first_started_at IS 'When it was first leased.';
+COMMENT ON COLUMN tq.task.started_at IS 'When the current (or last) attempt was leased.';
+COMMENT ON COLUMN tq.history.id IS 'Task id, from tq.task_id_seq; also the tie-breaker of dispatch order.';
+COMMENT ON COLUMN tq.history.queue IS 'Queue the task belongs to.';
+COMMENT ON COLUMN tq.history.state IS 'Final state: succeeded, dead, cancelled or expired.';
+COMMENT ON COLUMN tq.history.priority IS 'Higher is leased first.';
+COMMENT ON COLUMN tq.history.tenant IS 'Tenant the task belongs to (NULL: none).';
+COMMENT ON COLUMN tq.history.payload IS 'The JSON object given at submit.';
+COMMENT ON COLUMN tq.history.result IS 'Result the worker reported on success.';
+COMMENT ON COLUMN tq.history.last_error IS 'Error of the last failed attempt (the reason a dead task died).';
+COMMENT ON COLUMN tq.history.dedup_key IS 'Deduplication key (NULL: none); see tq.dedup.';
+COMMENT ON COLUMN tq.history.run_at IS 'Not leased before this time; for a retry, when the backoff ends.';
+COMMENT ON COLUMN tq.history.expires_at IS 'Deadline to start: still queued then, the task expires.';
+COMMENT ON COLUMN tq.history.timeout IS 'Run-time limit for the worker (NULL: the queues).';
+COMMENT ON COLUMN tq.history.max_attempts IS 'Attempts the task gets before it is dead.';
+COMMENT ON COLUMN tq.history.attempt IS 'Times the task was leased.';
+COMMENT ON COLUMN tq.history.free_attempts IS 'Leases that did not count against max_attempts.';
+COMMENT ON COLUMN tq.history.throttles IS 'Throttled failures.';
+COMMENT ON COLUMN tq.history.worker IS 'Worker holding (or that last held) the lease.';
+COMMENT ON COLUMN tq.history.submitted_at IS 'When the task was submitted.';
+COMMENT ON COLUMN tq.history.first_started_at IS 'When it was first leased.';
+COMMENT ON COLUMN tq.history.started_at IS 'When the current (or last) attempt was leased.';
+COMMENT ON COLUMN tq.history.finished_at IS 'When the task finished; the partition key within the queue.';
+COMMENT ON COLUMN tq.queue.created_at IS 'When the queue was created.';
+COMMENT ON COLUMN tq.tenant_pause.queue IS 'Queue in which the tenant is paused.';
+COMMENT ON COLUMN tq.tenant_pause.tenant IS 'The paused tenant.';
+COMMENT ON COLUMN tq.tenant_pause.paused_at IS 'When tq_pause paused it.';
+COMMENT ON COLUMN tq.history_part.queue IS 'Queue whose history the partition holds.';
+COMMENT ON COLUMN tq.history_part.relname IS 'Partition table, in schema tq.';
+COMMENT ON COLUMN tq.history_part.lo IS 'First finished_at the partition holds.';
+COMMENT ON COLUMN tq.history_part.hi IS 'First finished_at it no longer holds.';
+COMMENT ON COLUMN tq.dedup.queue IS 'Queue the key is unique in.';
+COMMENT ON COLUMN tq.dedup.dedup_key IS 'The key.';
+COMMENT ON COLUMN tq.dedup.task_id IS 'Task holding the key.';
+COMMENT ON COLUMN tq.dedup.until IS 'infinity while the task is live; after success, when the key becomes free.';
+COMMENT ON COLUMN tq.meta.one IS 'Always true: the table has one row.';
+COMMENT ON COLUMN tq.meta.next_maintenance IS 'When tq_lease next runs tq_maintain.';
+
 -- pg_dump keeps the contents of these tables (extension members are
 -- otherwise dumped without data).
 SELECT pg_catalog.pg_extension_config_dump('tq.queue', '');

@@ -2,7 +2,7 @@
 -- extension creates in its install schema has a COMMENT (\df+ and \d+ show
 -- them), and so does every internal function and table.
 BEGIN;
-SELECT plan(9);
+SELECT plan(10);
 
 CREATE TEMP VIEW tq_members AS
     SELECT d.classid, d.objid, d.objsubid
@@ -52,6 +52,15 @@ SELECT is(ARRAY(SELECT c.oid::regclass::text
                  ORDER BY 1),
     '{}'::text[], 'every table and (explicit) sequence in schema tq has a comment');
 SELECT isnt(obj_description('tq'::regnamespace, 'pg_namespace'), NULL, 'schema tq has a comment');
+
+SELECT is(ARRAY(SELECT format('%s.%s', c.oid::regclass, a.attname)
+                  FROM pg_class c
+                  JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
+                  JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'tq'
+                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                 WHERE c.relkind IN ('r', 'p') AND col_description(c.oid, a.attnum) IS NULL
+                 ORDER BY 1), '{}'::text[],
+    'every column of the tables in schema tq has a comment, for operators who query them');
 
 SELECT * FROM finish();
 ROLLBACK;
