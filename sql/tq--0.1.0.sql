@@ -860,6 +860,11 @@ DECLARE
     woke text[];
     old_timeout text := current_setting('lock_timeout');
 BEGIN
+    -- Schedule the next pass first: whatever happens below, the lease path
+    -- does not retry at once.
+    UPDATE tq.meta
+       SET next_maintenance = now() + current_setting('tq.maintenance_interval')::interval;
+
     action := 'promoted'; queue := NULL; n := tq.promote(NULL, 100000); RETURN NEXT;
     action := 'reclaimed'; n := tq.reclaim(100000); RETURN NEXT;
     action := 'expired'; n := tq.expire(100000); RETURN NEXT;
@@ -907,22 +912,34 @@ BEGIN
     DELETE FROM tq.dedup x WHERE x.until < now();
     GET DIAGNOSTICS k = ROW_COUNT;
     action := 'dedup keys forgotten'; queue := NULL; n := k; RETURN NEXT;
-    UPDATE tq.meta
-       SET next_maintenance = now() + current_setting('tq.maintenance_interval')::interval;
 END
 $$;
 
 /*
  * Called by tq_lease: runs tq_maintain when it is due, in at most one
- * session at a time (the others skip the locked meta row).
+ * session at a time (the others skip the locked meta row).  A failing
+ * pass must not stop dispatch: its error becomes a WARNING, its work is
+ * rolled back, and it is tried again after tq.maintenance_interval.
  */
 CREATE FUNCTION tq.maybe_maintain() RETURNS void
     LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    msg text;
+    state text;
 BEGIN
     PERFORM 1 FROM tq.meta WHERE next_maintenance <= now() FOR UPDATE SKIP LOCKED;
-    IF FOUND THEN
-        PERFORM @extschema@.tq_maintain();
+    IF NOT FOUND THEN
+        RETURN;
     END IF;
+    BEGIN
+        PERFORM @extschema@.tq_maintain();
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE;
+        UPDATE tq.meta
+           SET next_maintenance = now() + current_setting('tq.maintenance_interval')::interval;
+        RAISE WARNING 'tq: maintenance pass failed: % (SQLSTATE %)', msg, state
+            USING HINT = 'Leasing goes on; run SELECT * FROM tq_maintain() to see the error in full.';
+    END;
 END
 $$;
 COMMENT ON FUNCTION tq.maybe_maintain() IS 'Runs tq_maintain if tq.maintenance_interval has passed since the last pass and no other session is running one.';

@@ -5,7 +5,7 @@
 -- Time passes by writing old finished_at values and partition bounds.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(28);
+SELECT plan(31);
 
 SELECT tq_create_queue('h1', max_attempts => 1);
 SELECT id AS h1_id FROM tq.queue WHERE name = 'h1' \gset
@@ -143,6 +143,21 @@ SELECT is((SELECT count(*)::int FROM tq.history WHERE queue = 'm1' AND tableoid 
 SELECT is((SELECT count(*)::int FROM tq.history WHERE queue = 'm1' AND tableoid = format('tq.history_q%s_default', :m1_id)::regclass), 0,
     'the default partition is empty again');
 SELECT is((SELECT count(*)::int FROM tq_task(:stray_id)), 1, 'tq_task finds the moved task');
+
+-- A maintenance pass that fails must not stop dispatch: tq_lease still
+-- leases, the pass is rescheduled, and the error becomes a warning.
+SELECT tq_create_queue('mfail');
+SELECT tq_submit('mfail', '{}') AS mfail_task \gset
+INSERT INTO tq.history_part (queue, relname, lo, hi)
+VALUES ('mfail', 'no_such_partition', now() - interval '30 days', now() - interval '29 days');
+UPDATE tq.meta SET next_maintenance = '-infinity';
+SET LOCAL client_min_messages = error;
+SELECT is((SELECT array_agg(id) FROM tq_lease('w-mfail', ARRAY['mfail'], 5)), ARRAY[:mfail_task]::bigint[],
+    'tq_lease leases even when the maintenance pass it runs fails');
+RESET client_min_messages;
+SELECT ok((SELECT next_maintenance > now() FROM tq.meta), 'a failed maintenance pass is rescheduled, not retried by every lease');
+SELECT throws_ok($$SELECT * FROM tq_maintain()$$, '42P01', NULL, 'tq_maintain called directly reports the error in full');
+DELETE FROM tq.history_part WHERE relname = 'no_such_partition';
 
 SELECT * FROM finish();
 ROLLBACK;
