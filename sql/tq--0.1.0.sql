@@ -1296,11 +1296,11 @@ BEGIN
 
     INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
                          expires_at, timeout, max_attempts)
-    SELECT v_ids[o], q.name, v_state, priority, tenant, tq.check_payload(p), dedup_keys[o],
+    SELECT v_ids[o], q.name, v_state, priority, tenant, tq.check_payload(p), k,
            greatest(coalesce(run_at, now()), now()), expires_at, timeout,
            coalesce(max_attempts, q.max_attempts)
-      FROM unnest(payloads) WITH ORDINALITY AS u(p, o)
-     WHERE v_owners[o] = v_ids[o];
+      FROM unnest(payloads, dedup_keys) WITH ORDINALITY AS u(p, k, o)  -- no text[] subscripts:
+     WHERE v_owners[o] = v_ids[o];                                      -- each is a linear seek
     IF v_state = 'ready' THEN
         PERFORM tq.wake(q.name);
     END IF;
