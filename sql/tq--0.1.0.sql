@@ -171,8 +171,10 @@ CREATE TABLE tq.history (
     finished_at      timestamptz NOT NULL
 ) PARTITION BY LIST (queue);
 COMMENT ON TABLE tq.history IS 'Finished tasks (succeeded, dead, cancelled, expired), partitioned by queue and finish time; retention drops old partitions.';
-CREATE INDEX history_id_idx ON tq.history (id);
-CREATE INDEX history_dead_idx ON tq.history (queue, finished_at) WHERE state = 'dead';
+-- No indexes on the partitioned parent: each leaf gets its own from
+-- tq.index_history_leaf.  A partitioned index on this extension-owned table
+-- would be recreated on the runtime-made partitions by pg_dump's ATTACH and
+-- then created again by the dump, failing the restore.
 
 CREATE TABLE tq.history_part (
     queue   text NOT NULL,
@@ -265,6 +267,7 @@ COMMENT ON COLUMN tq.meta.next_maintenance IS 'When tq_lease next runs tq_mainta
 -- pg_dump keeps the contents of these tables (extension members are
 -- otherwise dumped without data).
 SELECT pg_catalog.pg_extension_config_dump('tq.queue', '');
+SELECT pg_catalog.pg_extension_config_dump(pg_catalog.pg_get_serial_sequence('tq.queue', 'id'), '');
 SELECT pg_catalog.pg_extension_config_dump('tq.tenant_pause', '');
 SELECT pg_catalog.pg_extension_config_dump('tq.task', '');
 SELECT pg_catalog.pg_extension_config_dump('tq.task_id_seq', '');
@@ -717,6 +720,17 @@ CREATE FUNCTION tq.partition_width(p_retention interval) RETURNS interval
 $$;
 COMMENT ON FUNCTION tq.partition_width(interval) IS 'Time span of one history partition for a queue with this retention.';
 
+-- The indexes of one history leaf: by id (tq_task, tq_retry) and dead tasks
+-- by finish time (the dead-letter view).
+CREATE FUNCTION tq.index_history_leaf(p_leaf text) RETURNS void
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    EXECUTE format('CREATE INDEX ON tq.%I (id)', p_leaf);
+    EXECUTE format('CREATE INDEX ON tq.%I (finished_at) WHERE state = ''dead''', p_leaf);
+END
+$$;
+COMMENT ON FUNCTION tq.index_history_leaf(text) IS 'Creates the indexes of a history partition.';
+
 CREATE FUNCTION tq.ensure_partitions(p_queue tq.queue) RETURNS integer
     LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -732,6 +746,7 @@ BEGIN
         EXECUTE format('CREATE TABLE tq.%I PARTITION OF tq.history FOR VALUES IN (%L) PARTITION BY RANGE (finished_at)',
                        parent, p_queue.name);
         EXECUTE format('CREATE TABLE tq.%I PARTITION OF tq.%I DEFAULT', parent || '_default', parent);
+        PERFORM tq.index_history_leaf(parent || '_default');
     END IF;
 
     SELECT max(h.hi) INTO lo FROM tq.history_part h WHERE h.queue = p_queue.name;
@@ -740,6 +755,7 @@ BEGIN
         hi := lo + width;
         part := format('%s_%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24'));
         EXECUTE format('CREATE TABLE tq.%I (LIKE tq.history)', part);
+        PERFORM tq.index_history_leaf(part);
         -- Rows that landed in the default partition for this period move in.
         EXECUTE format('WITH m AS (DELETE FROM tq.%I WHERE finished_at >= $1 AND finished_at < $2 RETURNING *) '
                        'INSERT INTO tq.%I SELECT * FROM m', parent || '_default', part)
