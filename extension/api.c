@@ -14,7 +14,6 @@
 
 #include <math.h>
 
-#include "commands/async.h"
 #include "common/pg_prng.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
@@ -28,7 +27,6 @@ PG_FUNCTION_INFO_V1(tq_check_payload);
 PG_FUNCTION_INFO_V1(tq_check_name);
 PG_FUNCTION_INFO_V1(tq_check_label);
 PG_FUNCTION_INFO_V1(tq_backoff);
-PG_FUNCTION_INFO_V1(tq_wake);
 PG_FUNCTION_INFO_V1(tq_check_result);
 
 /* Longest queue name: fits an unquoted identifier. */
@@ -234,22 +232,4 @@ tq_check_result(PG_FUNCTION_ARGS)
 								  (Size) VARSIZE(result), tq_max_payload_size),
 						errhint("Store large results elsewhere and return a reference to them.")));
 	PG_RETURN_JSONB_P(result);
-}
-
-/*
- * tq.wake(queue text) returns void
- *
- * Tells idle workers that a queue has ready work.  Today this is a NOTIFY
- * on channel tq_ready with the queue name as payload; PostgreSQL folds
- * identical notifications of one transaction into one, so a bulk submit
- * sends one per queue.  Every producer-side wake-up goes through this one
- * function so that it can be replaced wholesale: a notifying transaction
- * takes a database-wide lock at commit, which caps single-task submits.
- */
-Datum
-tq_wake(PG_FUNCTION_ARGS)
-{
-	if (tq_producer_notify && !PG_ARGISNULL(0))
-		Async_Notify("tq_ready", text_to_cstring(PG_GETARG_TEXT_PP(0)));
-	PG_RETURN_VOID();
 }

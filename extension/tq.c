@@ -30,6 +30,9 @@ PG_MODULE_MAGIC;
 bool tq_producer_notify = true;
 int tq_max_payload_size = 1024 * 1024;
 int tq_maintenance_interval = 60 * 1000;
+char *tq_database = NULL;
+int tq_worker_naptime = 1000;
+int tq_worker_min_interval = 10;
 
 void _PG_init(void);
 
@@ -67,5 +70,27 @@ _PG_init(void)
 							&tq_maintenance_interval, 60 * 1000, 100, 24 * 3600 * 1000, PGC_SIGHUP,
 							GUC_UNIT_MS, NULL, NULL, NULL);
 
+	DefineCustomStringVariable("tq.database", "Database that tq's background worker serves.",
+							   "Empty: no background worker; tq_lease then does the "
+							   "housekeeping alone.",
+							   &tq_database, "postgres", PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable(
+		"tq.worker_naptime",
+		"Longest time the background worker sleeps between two housekeeping passes.",
+		"It wakes earlier when a scheduled task, a lease expiry or a deadline "
+		"is due, and when a commit changes the task table.",
+		&tq_worker_naptime, 1000, 10, 60 * 1000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable(
+		"tq.worker_min_interval",
+		"Shortest time between two housekeeping passes of the background worker.",
+		"Bounds the worker's load on a busy system; also bounds how late a "
+		"delayed task can become leasable.",
+		&tq_worker_min_interval, 10, 1, 10 * 1000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
 	MarkGUCPrefixReserved("tq");
+
+	tq_shmem_init();
+	tq_worker_register();
 }

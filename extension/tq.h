@@ -4,20 +4,60 @@
  *	  Declarations shared by the C files of the tq extension.
  *
  * tq keeps its task store in ordinary tables (see sql/tq--*.sql); the C
- * code holds what SQL cannot express well or cheaply: module
- * initialisation and its settings (tq.c), and small hot-path helpers
- * called by the SQL functions (api.c).
+ * code holds what SQL cannot express well or cheaply:
+ *
+ *	 tq.c		module initialisation and settings
+ *	 api.c		hot-path validators and the retry backoff, called from SQL
+ *	 shmem.c	shared-memory state and the commit hook that feeds it
+ *	 worker.c	the background worker
  *
  *-------------------------------------------------------------------------
  */
 #ifndef TQ_H
 #define TQ_H
 
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/timestamp.h"
+
 /* Settings (GUCs), defined in tq.c; all are named tq.<name>. */
-extern bool tq_producer_notify;     /* NOTIFY tq_ready from submitting
-									 * transactions */
+extern bool tq_producer_notify;     /* wake idle workers when tasks get ready */
 extern int tq_max_payload_size;     /* largest accepted payload, bytes */
-extern int tq_maintenance_interval; /* ms between opportunistic
-										 * maintenance passes */
+extern int tq_maintenance_interval; /* ms between maintenance passes */
+extern char *tq_database;           /* database the background worker serves */
+extern int tq_worker_naptime;       /* ms the worker sleeps at most */
+extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
+
+/* Queues flagged ready between two worker passes, before ready_all. */
+#define TQ_READY_SLOTS 64
+
+/*
+ * Shared state; see shmem.c for the locking protocol.  Every field is
+ * protected by lock.
+ */
+typedef struct TqShared
+{
+	LWLock *lock;
+	/* The background worker, while it runs (worker_latch NULL otherwise). */
+	pid_t worker_pid;
+	Latch *worker_latch;
+	Oid worker_dboid;               /* database it serves */
+	TimestampTz worker_started;     /* when it attached */
+	TimestampTz worker_last_pass;   /* end of its last housekeeping pass */
+	TimestampTz worker_next_wakeup; /* when it plans to look again */
+	int64 worker_passes;            /* housekeeping passes since start */
+	int64 worker_notifies;          /* tq_ready notifications sent */
+	/* Filled by committing backends, emptied by the worker. */
+	bool schedule_changed;                   /* a commit changed tq.task */
+	bool ready_all;                          /* ready[] overflowed: wake every queue */
+	int nready;                              /* used entries of ready[] */
+	char ready[TQ_READY_SLOTS][NAMEDATALEN]; /* queues with new ready work */
+} TqShared;
+
+extern TqShared *tq_shared;
+extern bool tq_is_background_worker; /* this process is tq's worker */
+
+extern void tq_shmem_init(void);
+extern void tq_worker_register(void);
 
 #endif /* TQ_H */

@@ -753,7 +753,7 @@ BEGIN
     lo := greatest(lo, date_trunc(unit, now(), 'UTC'));
     WHILE lo < now() + 2 * width LOOP
         hi := lo + width;
-        part := format('%s_%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"T"HH24'));
+        part := format('%s_%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD_HH24'));
         EXECUTE format('CREATE TABLE tq.%I (LIKE tq.history)', part);
         PERFORM tq.index_history_leaf(part);
         -- Rows that landed in the default partition for this period move in.
