@@ -220,6 +220,35 @@ tq_task_changed(PG_FUNCTION_ARGS)
 	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 
+/* Is the queue in the shared ready set?  Caller holds the lock. */
+static bool
+shared_has_ready(const char *queue)
+{
+	for (int j = 0; j < tq_shared->nready; j++)
+		if (strcmp(tq_shared->ready[j], queue) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * Would publishing this transaction's wake-ups change nothing?  Caller
+ * holds the lock (shared is enough).
+ */
+static bool
+already_published(void)
+{
+	if (pending_schedule && !tq_shared->schedule_changed)
+		return false;
+	if (tq_shared->ready_all)
+		return true;
+	if (pending_ready_all)
+		return false;
+	for (int i = 0; i < pending_nready; i++)
+		if (!shared_has_ready(pending_ready[i]))
+			return false;
+	return true;
+}
+
 static void
 reset_pending(void)
 {
@@ -246,20 +275,26 @@ tq_xact_callback(XactEvent event, void *arg)
 			if (tq_shared == NULL ||
 				(pending_nready == 0 && !pending_ready_all && !pending_schedule))
 				break;
+			/*
+			 * Fast path, under the shared lock: everything this transaction
+			 * would publish is flagged already, and the worker has been
+			 * woken for it.  Under load most commits end here, so the
+			 * worker is signalled once per pass, not once per commit.
+			 */
+			LWLockAcquire(tq_shared->lock, LW_SHARED);
+			if (already_published())
+			{
+				LWLockRelease(tq_shared->lock);
+				break;
+			}
+			LWLockRelease(tq_shared->lock);
+
 			LWLockAcquire(tq_shared->lock, LW_EXCLUSIVE);
 			if (pending_ready_all)
 				tq_shared->ready_all = true;
 			for (int i = 0; i < pending_nready && !tq_shared->ready_all; i++)
 			{
-				bool seen = false;
-
-				for (int j = 0; j < tq_shared->nready; j++)
-					if (strcmp(tq_shared->ready[j], pending_ready[i]) == 0)
-					{
-						seen = true;
-						break;
-					}
-				if (seen)
+				if (shared_has_ready(pending_ready[i]))
 					continue;
 				if (tq_shared->nready == TQ_READY_SLOTS)
 					tq_shared->ready_all = true;

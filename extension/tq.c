@@ -33,6 +33,7 @@ int tq_maintenance_interval = 60 * 1000;
 char *tq_database = NULL;
 int tq_worker_naptime = 1000;
 int tq_worker_min_interval = 10;
+int tq_notify_interval = 2;
 
 void _PG_init(void);
 
@@ -88,6 +89,14 @@ _PG_init(void)
 		"Bounds the worker's load on a busy system; also bounds how late a "
 		"delayed task can become leasable.",
 		&tq_worker_min_interval, 10, 1, 10 * 1000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("tq.notify_interval",
+							"Shortest time between two rounds of tq_ready notifications sent by "
+							"the background worker.",
+							"The first notification after a quiet spell goes out at once; under "
+							"load each queue gets at most one per interval.",
+							&tq_notify_interval, 2, 0, 1000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
+							NULL);
 
 	MarkGUCPrefixReserved("tq");
 

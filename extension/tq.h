@@ -27,6 +27,7 @@ extern int tq_maintenance_interval; /* ms between maintenance passes */
 extern char *tq_database;           /* database the background worker serves */
 extern int tq_worker_naptime;       /* ms the worker sleeps at most */
 extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
+extern int tq_notify_interval;      /* ms between two notify passes */
 
 /* Queues flagged ready between two worker passes, before ready_all. */
 #define TQ_READY_SLOTS 64

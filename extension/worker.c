@@ -9,10 +9,13 @@
  * of work, each in its own transaction:
  *
  *   notify        send NOTIFY tq_ready for the queues that committed
- *                 transactions flagged in shared memory (shmem.c), at once:
- *                 an idle worker daemon should hear of new work within
- *                 milliseconds, and only one process pays for the notify
- *                 lock instead of every producer.
+ *                 transactions flagged in shared memory (shmem.c): at once
+ *                 when the last notify pass is older than
+ *                 tq.notify_interval, else when it is -- so an idle worker
+ *                 daemon hears of new work within milliseconds, a busy
+ *                 system gets one notification per queue per interval, and
+ *                 only this process pays for the notify lock instead of
+ *                 every producer.
  *
  *   housekeeping  SELECT tq.background_pass(): promote due scheduled tasks,
  *                 reclaim expired leases, expire overdue tasks, and run the
@@ -230,6 +233,7 @@ tq_worker_main(Datum arg)
 	MemoryContext loop_cxt;
 	TimestampTz next_housekeeping = 0; /* now: a first pass at once */
 	TimestampTz last_housekeeping = 0;
+	TimestampTz next_notify_allowed = 0;
 	int64 passes = 0;
 	int64 notified = 0;
 
@@ -269,6 +273,19 @@ tq_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 
+		/*
+		 * Pacing of notifications: within tq.notify_interval of the last
+		 * notify pass, let commits accumulate, and do not let their latch
+		 * sets wake us (the latch stays set for afterwards).
+		 */
+		now = GetCurrentTimestamp();
+		if (now < next_notify_allowed)
+		{
+			(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 (long) ((next_notify_allowed - now) / 1000) + 1, PG_WAIT_EXTENSION);
+			continue;
+		}
+
 		MemoryContextReset(loop_cxt);
 		oldcxt = MemoryContextSwitchTo(loop_cxt);
 		w = palloc(sizeof(Wakeups));
@@ -285,6 +302,10 @@ tq_worker_main(Datum arg)
 		if (housekeeping || w->all || w->n > 0)
 		{
 			double next = try_pass(w, &housekeeping, &notified, loop_cxt);
+
+			if (w->all || w->n > 0)
+				next_notify_allowed =
+					TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tq_notify_interval);
 
 			if (housekeeping)
 			{
