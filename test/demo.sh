@@ -10,7 +10,9 @@
 # every task has finished.  Then it prints the tasks and the queue stats.
 # The cluster is stopped and removed on exit, also on failure.
 #
-# tqd, the worker daemon, replaces the SQL worker when it lands.
+# tq's background worker promotes the delayed task and the retries on
+# time and sends tq_ready; tqd, the worker daemon, replaces the SQL worker
+# when it lands.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,8 +22,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 TQ_TEST_PORT=${TQ_DEMO_PORT:-54339}
 export TQ_TEST_PORT
 tq_cluster_start
-createdb tq_demo
-export PGDATABASE=tq_demo
+# The database the background worker serves by default (tq.database).
+export PGDATABASE=postgres
 psql() { command psql -X -q -v ON_ERROR_STOP=1 "$@"; }
 
 step() { printf '\n== %s\n' "$*"; }
@@ -124,5 +126,8 @@ SQL
 
 step "Queue stats"
 psql -c "SELECT queue, scheduled, ready, running, succeeded, dead, cancelled, expired FROM tq_queue_stats ORDER BY queue"
+
+step "The background worker"
+psql -c "SELECT running, passes, notifications FROM tq_worker_status()"
 echo
 echo "demo: done; the cluster is stopped and removed on exit"
