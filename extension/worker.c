@@ -27,9 +27,10 @@
  *                 housekeeping at most once per tq.worker_min_interval, so
  *                 that a busy system does not keep it spinning.
  *
- * While the extension is not installed in the database (or is at a version
- * without tq.background_pass), the worker only waits and looks again.
- *
+ * While the extension is not installed in the database the worker only
+ * waits and looks again; at a version without tq.background_pass (0.1.0)
+ * it still sends the notifications producers handed it, and leaves
+ * housekeeping to tq_lease. *
  * Errors.  A failing pass is logged with its SQLSTATE, its transaction is
  * rolled back, and the worker carries on after tq.worker_naptime: a bug in
  * one pass must not stop promotion for good, nor make the postmaster
@@ -141,6 +142,7 @@ run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 {
 	double next = -1;
 	int ret;
+	bool has_tq;
 	bool installed;
 	bool isnull;
 
@@ -151,14 +153,21 @@ run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 		elog(ERROR, "tq background worker: SPI_connect failed");
 	pgstat_report_activity(STATE_RUNNING, housekeeping ? "tq: housekeeping" : "tq: notify");
 
-	ret = SPI_execute("SELECT pg_catalog.to_regprocedure('tq.background_pass()') IS NOT NULL", true,
-					  1);
+	/*
+	 * Notifications need only the extension, at any version (producers of
+	 * a database still at 0.1.0 under this library hand their wake-ups
+	 * over too); housekeeping needs tq.background_pass, from 0.2.0 on.
+	 */
+	ret = SPI_execute("SELECT pg_catalog.to_regclass('tq.queue') IS NOT NULL, "
+					  "pg_catalog.to_regprocedure('tq.background_pass()') IS NOT NULL",
+					  true, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "tq background worker: catalog lookup failed: %s", SPI_result_code_string(ret));
+	has_tq = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	installed =
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 
-	if (installed && w->all)
+	if (has_tq && w->all)
 	{
 		ret = SPI_execute("SELECT pg_catalog.pg_notify('tq_ready', q.name) FROM tq.queue q", false,
 						  0);
@@ -167,7 +176,7 @@ run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 				 SPI_result_code_string(ret));
 		*notified += SPI_processed;
 	}
-	else if (installed)
+	else
 	{
 		for (int i = 0; i < w->n; i++)
 			Async_Notify("tq_ready", w->names[i]);

@@ -143,5 +143,18 @@ ok( $node->poll_query_until(
 		'postgres', "SELECT running AND pid <> $pid FROM tq_worker_status()"),
 	'a terminated worker is started again');
 
+# 6. A database still at extension version 0.1.0 under this library (the
+# library was updated, ALTER EXTENSION not run yet): producers hand their
+# wake-ups to the worker, which must still send them.
+$pid = $node->safe_psql('postgres', 'SELECT pid FROM tq_worker_status() WHERE running');
+$node->safe_psql('postgres',
+	q{DROP EXTENSION tq CASCADE; CREATE EXTENSION tq VERSION '0.1.0'; SELECT tq_create_queue('old')});
+$script = "LISTEN tq_ready;\nSELECT 'me ' || pg_backend_pid();\nSELECT tq_submit('old', '{}') > 0;\n"
+  . ("SELECT pg_sleep(0.05);\n" x 60);
+($out, $err) = ('', '');
+IPC::Run::run([ 'psql', '-X', '-At', '-d', $node->connstr('postgres') ], '<', \$script, '>', \$out, '2>', \$err);
+like($out, qr/Asynchronous notification "tq_ready" with payload "old" received from server process with PID $pid\./,
+	'at extension version 0.1.0 the worker still sends the tq_ready producers hand it');
+
 $node->stop;
 done_testing();
