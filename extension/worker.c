@@ -44,6 +44,8 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/xact.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -206,17 +208,17 @@ run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 /*
  * try_pass
  *		run_pass, with its errors logged and rolled back instead of ending
- *		the worker.  A failed pass counts as housekeeping (so the next one
- *		is paced) and asks for the worker's nap before the next attempt.
+ *		the worker.  After a failure the result asks for the worker's nap
+ *		before the next attempt.
  */
 static double
-try_pass(const Wakeups *w, bool *housekeeping, int64 *notified, MemoryContext loop_cxt)
+try_pass(const Wakeups *w, bool housekeeping, int64 *notified, MemoryContext loop_cxt)
 {
 	volatile double next = -1;
 
 	PG_TRY();
 	{
-		next = run_pass(w, *housekeeping, notified);
+		next = run_pass(w, housekeeping, notified);
 	}
 	PG_CATCH();
 	{
@@ -226,7 +228,6 @@ try_pass(const Wakeups *w, bool *housekeeping, int64 *notified, MemoryContext lo
 		AbortCurrentTransaction();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		next = (double) tq_worker_naptime / 1000.0;
-		*housekeeping = true;
 	}
 	PG_END_TRY();
 	return next;
@@ -308,25 +309,30 @@ tq_worker_main(Datum arg)
 		now = GetCurrentTimestamp();
 		housekeeping = now >= next_housekeeping;
 
-		if (housekeeping || w->all || w->n > 0)
+		/*
+		 * Notifications first, in a transaction of their own: a slow or
+		 * failing housekeeping pass must neither delay nor roll them back.
+		 */
+		if (w->all || w->n > 0)
 		{
-			double next = try_pass(w, &housekeeping, &notified, loop_cxt);
+			(void) try_pass(w, false, &notified, loop_cxt);
+			next_notify_allowed =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tq_notify_interval);
+		}
 
-			if (w->all || w->n > 0)
-				next_notify_allowed =
-					TimestampTzPlusMilliseconds(GetCurrentTimestamp(), tq_notify_interval);
+		if (housekeeping)
+		{
+			Wakeups *none = palloc0(sizeof(Wakeups));
+			double next = try_pass(none, true, &notified, loop_cxt);
+			long delay_ms;
 
-			if (housekeeping)
-			{
-				long delay_ms;
-
-				passes++;
-				last_housekeeping = GetCurrentTimestamp();
-				delay_ms = next < 0 ? tq_worker_naptime : (long) (next * 1000.0);
-				delay_ms = Max(delay_ms, tq_worker_min_interval);
-				delay_ms = Min(delay_ms, tq_worker_naptime);
-				next_housekeeping = TimestampTzPlusMilliseconds(last_housekeeping, delay_ms);
-			}
+			passes++;
+			last_housekeeping = GetCurrentTimestamp();
+			/* Rounded up: waking just before run_at would find nothing due. */
+			delay_ms = next < 0 ? tq_worker_naptime : (long) ceil(next * 1000.0);
+			delay_ms = Max(delay_ms, tq_worker_min_interval);
+			delay_ms = Min(delay_ms, tq_worker_naptime);
+			next_housekeeping = TimestampTzPlusMilliseconds(last_housekeeping, delay_ms);
 		}
 
 		LWLockAcquire(tq_shared->lock, LW_EXCLUSIVE);
