@@ -6,10 +6,25 @@
 #
 # Rows:
 #   1. tq_submit, one task per transaction, at 1 and 8 clients, with the
-#      producer-side NOTIFY on and off; floor: a plain single-row INSERT.
-#      Measured at the cluster's synchronous_commit = off and again at
-#      synchronous_commit = on (both sides), where NOTIFY's commit lock
-#      covers the WAL flush.
+#      wake-up sent from the submitting transaction (NOTIFY in transaction:
+#      a database the background worker does not serve) and with none
+#      (tq.producer_notify = off); at 8 clients also through the background
+#      worker (database bench_worker, which tq.database names: the commit
+#      only flags the queue in shared memory, the worker sends tq_ready);
+#      floor: a plain single-row INSERT, measured in the same database as
+#      the tq figure beside it.  Measured at the cluster's
+#      synchronous_commit = off and again at synchronous_commit = on (both
+#      sides), where NOTIFY's commit lock covers the WAL flush.
+#   1b. wake-up latency with every worker idle (test/bench/latency.c): one
+#      tq_submit every 20 ms in autocommit, timed from just before it is
+#      sent to the arrival of tq_ready at a LISTENing session; through the
+#      background worker, and for comparison from the submitting
+#      transaction (a database the worker does not serve).  p50/p99/max.
+#   1c. delayed tasks (latency.c): tq_submit with run_at = clock_timestamp()
+#      + 10 to 500 ms, one task due at a time; the time from the run_at the
+#      server stored to the arrival of the tq_ready the worker sends when
+#      it promotes the task (the promotion commits before that: an upper
+#      bound of run_at-to-leasable).  p50/p99/max.
 #   2. tq_submit_many of 100 000 payloads in one call; floor: INSERT ...
 #      SELECT of 100 000 rows.  Median of three, timed in SQL, commit included.
 #   3. lease + complete in one transaction, batch 1 and 50, 4 clients,
@@ -31,12 +46,19 @@
 # extension and the plain table, VACUUM ANALYZE and CHECKPOINT before every
 # measured run, pgbench in simple protocol with -j min(clients, 2).  The
 # plain table gets the same autovacuum storage parameters as tq.task, read
-# from the catalog.
+# from the catalog.  The exception is bench_worker, the database the
+# background worker serves: tq.database is fixed at server start and DROP
+# DATABASE fails while the worker is connected, so it is made once, right
+# after the cluster starts, and kept; nothing is measured before the
+# worker is seen running in it.  The latency program is compiled from
+# latency.c into a temporary directory at each run.
 #
 # Settings (environment):
 #   TQ_BENCH_PORT   port of the private socket, default 54700
 #   TQ_BENCH_SECS   seconds per measured pgbench run, default 12
 #   TQ_BENCH_SYNC=0 skip the synchronous_commit = on rows
+#   TQ_BENCH_LAT_N  measured submits of the wake-up latency, default 500
+#   TQ_BENCH_DELAY_N  delayed tasks of the delayed-task latency, default 200
 #   TQ_TEST_KEEP=1  keep the cluster directory afterwards (test/cluster.sh)
 #
 # The raw pgbench output and the derived figures of every run go to a log
@@ -52,7 +74,9 @@ benchdir=$top/test/bench
 
 secs=${TQ_BENCH_SECS:-12}
 port=${TQ_BENCH_PORT:-54700}
-for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port"; do
+lat_n=${TQ_BENCH_LAT_N:-500}
+delay_n=${TQ_BENCH_DELAY_N:-200}
+for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ_BENCH_DELAY_N=$delay_n"; do
 	case ${v#*=} in
 	'' | *[!0-9]* | 0*)
 		echo "bench: ${v%%=*} must be a positive integer, not \"${v#*=}\"" >&2
@@ -69,6 +93,13 @@ else
 	sync_modes=(off on)
 fi
 many_n=100000
+# The database the background worker serves (tq.database, below).
+worker_db=bench_worker
+# Wake-up latency: warm-up submits (dropped), then lat_n, one every
+# lat_spacing ms.  Delayed tasks: run_at offsets (ms), taken in turn.
+lat_warmup=20
+lat_spacing=20
+delay_offsets=100,10,100,50,100,250,100,500
 
 results=$top/test/results/bench
 mkdir -p "$results"
@@ -95,11 +126,13 @@ checkpoint_timeout = 30min
 autovacuum_naptime = 10s
 jit = off
 log_min_messages = warning
+tq.database = '$worker_db'
 "
 shown_settings="server_version fsync synchronous_commit full_page_writes wal_level
 shared_buffers effective_cache_size work_mem maintenance_work_mem wal_buffers
 max_wal_size checkpoint_timeout autovacuum autovacuum_naptime jit max_connections
-shared_preload_libraries tq.producer_notify tq.maintenance_interval"
+shared_preload_libraries tq.producer_notify tq.maintenance_interval tq.database
+tq.notify_interval tq.worker_min_interval tq.worker_naptime"
 
 say() { printf '%s\n' "$*" | tee -a "$log"; }
 logonly() { printf '%s\n' "$*" >>"$log"; }
@@ -258,11 +291,11 @@ met() { awk "BEGIN { print ($1 >= $2) ? \"yes\" : \"no\" }"; }
 
 print_table()
 {
-	local r fmt='%-48s | %12s | %14s | %8s | %-22s | %s\n'
+	local r fmt='%-59s | %15s | %14s | %8s | %-22s | %s\n'
 	# shellcheck disable=SC2059
 	{
 		printf "$fmt" measurement 'tq (tasks/s)' 'floor (rows/s)' tq/floor target 'met?'
-		printf '%s\n' "$(printf '%.0s-' {1..126})"
+		printf '%s\n' "$(printf '%.0s-' {1..140})"
 		for r in "${rows[@]}"; do
 			IFS='|' read -r m a b c d e <<<"$r"
 			printf "$fmt" "$m" "$a" "$b" "$c" "$d" "$e"
@@ -271,12 +304,34 @@ print_table()
 }
 
 # ---------------------------------------------------------------------------
+# The latency program (rows 1b and 1c), built before the cluster starts so
+# that a build failure costs nothing.  The EXIT trap set here is chained
+# after the cluster's own by tq_cluster_start.
+
+bindir=$(mktemp -d /tmp/tq-bench-bin.XXXXXX) || fail "could not make a temporary directory"
+trap 'rm -rf "$bindir"' EXIT
+latency=$bindir/latency
+cc -O2 -Wall -Wextra -Werror -I"$(pg_config --includedir)" -o "$latency" "$benchdir/latency.c" \
+	-L"$(pg_config --libdir)" -lpq -lm >>"$log" 2>&1 ||
+	fail "could not compile $benchdir/latency.c (libpq-fe.h in $(pg_config --includedir)?); see $log"
+
+# ---------------------------------------------------------------------------
 # The cluster.
 
 TQ_TEST_PORT=$port TQ_TEST_CONF=$bench_conf tq_cluster_start ||
 	fail "could not start the benchmark cluster on port $port"
 # shellcheck disable=SC2154	# set by tq_cluster_start
 logonly "cluster: $tq_cluster_dir, port $port"
+
+# worker_serves DB: true when the background worker runs, connected to DB.
+worker_serves()
+{
+	[ "$(q "$worker_db" "SELECT coalesce(running AND database = (SELECT oid FROM pg_database
+	                                                              WHERE datname = '$1'), false)
+	                       FROM tq_worker_status()")" = t ]
+}
+# tq_ready notifications the background worker has sent so far.
+worker_notified() { q "$worker_db" "SELECT notifications FROM tq_worker_status()"; }
 
 say "tq benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), log: $log"
 say "machine: nproc $(nproc), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
@@ -288,7 +343,101 @@ settings_sql="SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORD
                WHERE name <> ''"
 say "settings: $(q postgres "$settings_sql" | fold -s -w 110 | sed '2,$s/^/          /')"
 say "runs: pgbench -n (simple protocol), ${secs} s per measured run, ${warmup_secs} s warm-ups; VACUUM ANALYZE + CHECKPOINT before each run"
+say "latency: $lat_n submits ($lat_warmup warm-up) one per ${lat_spacing} ms; $delay_n delayed tasks, run_at offsets $delay_offsets ms in turn"
 say ""
+
+# The background worker's database (tq.database), made first: the worker
+# tries to connect every 5 s until it exists.  Never dropped (see
+# "Method").  Nothing is measured before the worker runs in it.
+new_db "$worker_db"
+deadline=$((SECONDS + 60))
+until worker_serves "$worker_db"; do
+	[ "$SECONDS" -lt "$deadline" ] ||
+		fail "the background worker did not start in database $worker_db within 60 s"
+	sleep 0.1
+done
+logonly "background worker running in $worker_db: $(q "$worker_db" "SELECT row(w.*) FROM tq_worker_status() w")"
+
+# ---------------------------------------------------------------------------
+# Rows 1b and 1c, measured first, on an idle cluster, and shown after row 1.
+# latency.c says what it measures and how.
+
+# lat_run LABEL ARGS...: runs the latency program, logs its output, and
+# sets LAT_CELL (p50/p99/max ms), LAT_P99, LAT_LOST and LAT_EARLY.
+LAT_CELL=-
+LAT_P99=0
+LAT_LOST=0
+LAT_EARLY=0
+lat_run()
+{
+	local label=$1 out res rc=0
+	shift
+	logonly ""
+	logonly "=== $label"
+	logonly "\$ latency $*"
+	out=$("$latency" "$@" 2>&1) || rc=$?
+	printf '%s\n' "$out" >>"$log"
+	res=$(grep '^result ' <<<"$out" || true)
+	if [ "$rc" -ne 0 ] || [ -z "$res" ]; then
+		fail "latency run \"$label\" failed (exit $rc); see $log"
+	fi
+	field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$res"; }
+	LAT_P99=$(field p99)
+	LAT_LOST=$(field lost)
+	LAT_EARLY=$(field early)
+	LAT_EARLY=${LAT_EARLY:-0}
+	if [ "$(field n)" = 0 ]; then
+		LAT_CELL="none received"
+	else
+		LAT_CELL=$(awk "BEGIN { printf \"%.2f/%.2f/%.2f\", $(field p50), $(field p99), $(field max) }")
+	fi
+}
+
+# lat_verdict TARGET_MS: yes or no for LAT_P99; no when a notification was
+# lost, INVALID when one came before its run_at.
+lat_verdict()
+{
+	if [ "$LAT_EARLY" != 0 ]; then
+		echo "INVALID ($LAT_EARLY early)"
+	elif [ "$LAT_LOST" != 0 ]; then
+		echo "no ($LAT_LOST lost)"
+	else
+		awk "BEGIN { print ($LAT_P99 <= $1) ? \"yes\" : \"no\" }"
+	fi
+}
+
+q "$worker_db" "SELECT tq_create_queue('lat')" "SELECT tq_create_queue('delay')" >/dev/null ||
+	fail "could not create the latency queues in $worker_db"
+clean "$worker_db"
+worker_serves "$worker_db" || fail "the background worker no longer serves $worker_db"
+n0=$(worker_notified)
+lat_run "wake-up latency, through the background worker ($worker_db)" \
+	ready "$worker_db" lat "$lat_n" "$lat_warmup" "$lat_spacing"
+n1=$(worker_notified)
+logonly "-> the worker sent $((n1 - n0)) tq_ready during the run"
+[ $((n1 - n0)) -ge $((lat_n + lat_warmup)) ] ||
+	fail "the worker sent $((n1 - n0)) tq_ready for $((lat_n + lat_warmup)) submits: not the worker's path"
+lat_worker=("$LAT_CELL" "$(lat_verdict 5)")
+
+lat_run "delayed tasks: run_at to tq_ready ($worker_db)" \
+	delayed "$worker_db" delay "$delay_n" "$delay_offsets"
+lat_delayed=("$LAT_CELL" "$(lat_verdict 50)")
+q "$worker_db" "SELECT tq_drop_queue('lat', force => true)" \
+	"SELECT tq_drop_queue('delay', force => true)" >/dev/null ||
+	fail "could not drop the latency queues in $worker_db"
+
+db=bench_notify
+new_db "$db"
+q "$db" "SELECT tq_create_queue('lat')" >/dev/null || fail "could not create queue lat in $db"
+clean "$db"
+n0=$(worker_notified)
+lat_run "wake-up latency, NOTIFY in the submitting transaction ($db, not served by the worker)" \
+	ready "$db" lat "$lat_n" "$lat_warmup" "$lat_spacing"
+n1=$(worker_notified)
+[ "$n1" -eq "$n0" ] ||
+	fail "the worker sent $((n1 - n0)) tq_ready while $db, which it does not serve, was measured"
+lat_notify=("$LAT_CELL")
+drop_db "$db"
 
 # ---------------------------------------------------------------------------
 # Row 1: single submits.  First at the cluster's synchronous_commit = off,
@@ -297,48 +446,94 @@ say ""
 # from before its commit record until after it, so with synchronous commit
 # the WAL flush happens under that lock, which is what the producer-side
 # NOTIFY costs in a durable setup.
+#
+# Sides: floor and tq_on / tq_off (tq.producer_notify) in bench_submit,
+# which the background worker does not serve, so tq_on notifies from the
+# submitting transaction; at 8 clients also wfloor and worker in
+# bench_worker, where tq_submit hands the wake-up to the worker.  The
+# worker's tq_ready count tells that each path is the one its label says.
 
 db=bench_submit
 new_db "$db"
 declare -A submit
 for sc in "${sync_modes[@]}"; do
 	for c in 1 8; do
-		for side in floor tq_on tq_off; do
-			clean "$db"
+		sides=(floor tq_on tq_off)
+		[ "$c" -eq 1 ] || sides+=(wfloor worker)
+		for side in "${sides[@]}"; do
+			d=$db
+			case $side in wfloor | worker) d=$worker_db ;; esac
+			clean "$d"
 			label="submit, $c clients, synchronous_commit $sc"
+			n0=$(worker_notified)
 			case $side in
-			floor)
-				before=$(plain_rows "$db")
+			floor | wfloor)
+				before=$(plain_rows "$d")
 				PGOPTIONS="-c synchronous_commit=$sc" \
-					pgb "$label, plain INSERT" "$db" "$c" "$secs" "$benchdir/submit_floor.sql"
-				done_n=$(($(plain_rows "$db") - before))
+					pgb "$label, plain INSERT ($d)" "$d" "$c" "$secs" "$benchdir/submit_floor.sql"
+				done_n=$(($(plain_rows "$d") - before))
 				;;
 			tq_*)
-				before=$(tq_rows "$db")
+				before=$(tq_rows "$d")
 				PGOPTIONS="-c synchronous_commit=$sc -c tq.producer_notify=${side#tq_}" \
-					pgb "$label, tq_submit, NOTIFY ${side#tq_}" "$db" "$c" "$secs" "$benchdir/submit_tq.sql"
-				done_n=$(($(tq_rows "$db") - before))
+					pgb "$label, tq_submit, producer_notify ${side#tq_} ($d)" "$d" "$c" "$secs" \
+					"$benchdir/submit_tq.sql"
+				done_n=$(($(tq_rows "$d") - before))
+				;;
+			worker)
+				worker_serves "$d" || fail "the background worker does not serve $d"
+				before=$(tq_rows "$d")
+				PGOPTIONS="-c synchronous_commit=$sc -c tq.producer_notify=on" \
+					pgb "$label, tq_submit, wake-up by the worker ($d)" "$d" "$c" "$secs" \
+					"$benchdir/submit_tq.sql"
+				done_n=$(($(tq_rows "$d") - before))
 				;;
 			esac
 			[ "$done_n" -eq "$PB_XACTS" ] ||
 				fail "$label, $side: $PB_XACTS transactions but $done_n rows"
-			submit[$side,$c]=$PB_TPS
-			logonly "-> $side: $PB_TPS rows/s ($done_n rows)"
-		done
-		for side in tq_on tq_off; do
-			ratio=$(calc "${submit[$side,$c]} / ${submit[floor,$c]}")
-			m="tq_submit, $c client$([ "$c" -eq 1 ] || echo s), NOTIFY ${side#tq_}"
-			if [ "$sc" = on ]; then
-				m="$m, sync commit on"
-			else
-				m="$m (producer)"
+			n1=$(worker_notified)
+			logonly "-> $side: $PB_TPS rows/s ($done_n rows); the worker sent $((n1 - n0)) tq_ready"
+			if [ "$side" = worker ]; then
+				[ "$n1" -gt "$n0" ] || fail "$label: the worker sent no tq_ready"
+			elif [ "$n1" -ne "$n0" ]; then
+				fail "$label, $side: the worker sent $((n1 - n0)) tq_ready for a database it does not serve"
 			fi
-			row "$m" "$(fmt_rate "${submit[$side,$c]}")" "$(fmt_rate "${submit[floor,$c]}")" \
-				"$(fmt_ratio "$ratio")" ">= 0.90 (next issue)" "$(met "$ratio" 0.90)"
+			submit[$side,$c]=$PB_TPS
+		done
+		for side in worker tq_on tq_off; do
+			[ "$c" -ne 1 ] || [ "$side" != worker ] || continue
+			m="tq_submit, $c client$([ "$c" -eq 1 ] || echo s)"
+			case $side in
+			worker)
+				m="$m, wake-up by worker"
+				fl=${submit[wfloor,$c]}
+				target=">= 0.90 (issue 3)"
+				;;
+			tq_on)
+				m="$m, NOTIFY in transaction"
+				fl=${submit[floor,$c]}
+				target=-
+				;;
+			tq_off)
+				m="$m, no wake-up"
+				fl=${submit[floor,$c]}
+				target=-
+				;;
+			esac
+			[ "$sc" = off ] || m="$m, sync commit on"
+			ratio=$(calc "${submit[$side,$c]} / $fl")
+			verdict=-
+			[ "$target" = - ] || verdict=$(met "$ratio" 0.90)
+			row "$m" "$(fmt_rate "${submit[$side,$c]}")" "$(fmt_rate "$fl")" \
+				"$(fmt_ratio "$ratio")" "$target" "$verdict"
 		done
 	done
 done
 drop_db "$db"
+
+row "wake-up latency, idle, by worker: p50/p99/max ms" "${lat_worker[0]}" - - "p99 <= 5 ms" "${lat_worker[1]}"
+row "  same, NOTIFY in transaction (no worker)" "${lat_notify[0]}" - - "- (comparison)" -
+row "delayed task, run_at to tq_ready: p50/p99/max ms" "${lat_delayed[0]}" - - "p99 <= 50 ms" "${lat_delayed[1]}"
 
 # ---------------------------------------------------------------------------
 # Row 2: tq_submit_many of 100 000 payloads in one call.  Both sides build
@@ -561,5 +756,7 @@ say ""
 print_table
 say ""
 say "tasks/s and rows/s: finished tasks (rows) per second of pgbench run time; tq/floor: their ratio."
+say "floor beside \"wake-up by worker\": measured in $worker_db, the worker's database; the other submit floors in bench_submit."
+say "latencies: ms from sending tq_submit (or from run_at) to a LISTENing session receiving tq_ready; $lat_n submits, $delay_n delayed tasks."
 save_server_log
 say "raw pgbench output: $log"
