@@ -103,6 +103,8 @@ tq_shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(MAXALIGN(sizeof(TqShared)));
 	RequestNamedLWLockTranche("tq", 1);
+	RequestAddinShmemSpace(tq_rate_shmem_size());
+	RequestNamedLWLockTranche("tq rate", 1);
 }
 
 static void
@@ -121,6 +123,7 @@ tq_shmem_startup(void)
 		tq_shared->lock = &(GetNamedLWLockTranche("tq"))->lock;
 		tq_shared->worker_dboid = InvalidOid;
 	}
+	tq_rate_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

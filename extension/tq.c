@@ -34,6 +34,7 @@ char *tq_database = NULL;
 int tq_worker_naptime = 1000;
 int tq_worker_min_interval = 10;
 int tq_notify_interval = 2;
+int tq_max_rate_keys = 1024;
 
 void _PG_init(void);
 
@@ -97,6 +98,12 @@ _PG_init(void)
 							"load each queue gets at most one per interval.",
 							&tq_notify_interval, 2, 0, 1000, PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL,
 							NULL);
+
+	DefineCustomIntVariable(
+		"tq.max_rate_keys", "Number of token buckets tq_rate_consume can keep in shared memory.",
+		"Buckets that have refilled are reused; a new key finds no room only "
+		"when every bucket is in use.",
+		&tq_max_rate_keys, 1024, 16, 1000000, PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("tq");
 

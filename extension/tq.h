@@ -10,6 +10,7 @@
  *	 api.c		hot-path validators and the retry backoff, called from SQL
  *	 shmem.c	shared-memory state and the commit hook that feeds it
  *	 worker.c	the background worker
+ *	 ratelimit.c	token buckets for tq_rate_consume
  *
  *-------------------------------------------------------------------------
  */
@@ -27,6 +28,7 @@ extern int tq_maintenance_interval; /* ms between maintenance passes */
 extern char *tq_database;           /* database the background worker serves */
 extern int tq_worker_naptime;       /* ms the worker sleeps at most */
 extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
+extern int tq_max_rate_keys;        /* token buckets in shared memory */
 extern int tq_notify_interval;      /* ms between two notify passes */
 
 /* Queues flagged ready between two worker passes, before ready_all. */
@@ -60,5 +62,7 @@ extern bool tq_is_background_worker; /* this process is tq's worker */
 
 extern void tq_shmem_init(void);
 extern void tq_worker_register(void);
+extern Size tq_rate_shmem_size(void);
+extern void tq_rate_shmem_init(void);
 
 #endif /* TQ_H */

@@ -66,3 +66,18 @@ COMMENT ON FUNCTION @extschema@.tq_worker_status() IS
 'The background worker: whether it runs, its pid and database, when it started, its last and next housekeeping pass, passes and tq_ready notifications so far, and queues waiting to be notified (-1: all).';
 REVOKE ALL ON FUNCTION @extschema@.tq_worker_status() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION @extschema@.tq_worker_status() TO tq_admin, tq_worker;
+
+/*
+ * Token buckets in shared memory (extension/ratelimit.c), for any code
+ * that must respect a third party's limit: true if n tokens were taken.
+ */
+CREATE FUNCTION @extschema@.tq_rate_consume(key text, n integer DEFAULT 1,
+                                            rate double precision DEFAULT NULL,
+                                            burst double precision DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'tq_rate_consume';
+COMMENT ON FUNCTION @extschema@.tq_rate_consume(text, integer, double precision, double precision) IS
+'Takes n tokens from the shared token bucket of key (rate tokens per second, capacity burst, default one second''s worth) and returns true, or returns false and takes none. Shared by every session of the cluster; buckets start full, also after a restart.';
+REVOKE ALL ON FUNCTION @extschema@.tq_rate_consume(text, integer, double precision, double precision) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.tq_rate_consume(text, integer, double precision, double precision)
+    TO tq_producer, tq_worker, tq_admin;

@@ -144,8 +144,9 @@ SELECT cmp_ok((SELECT count(*)::int FROM tq_functions WHERE prosecdef), '>=', 19
 SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
                  WHERE NOT f.prosecdef AND p.pronamespace = 'public'::regnamespace ORDER BY 1),
           ARRAY['tq_complete(bigint,integer,jsonb)', 'tq_fail(bigint,integer,text,text,interval)',
+                'tq_rate_consume(text,integer,double precision,double precision)',
                 'tq_release(bigint,integer)', 'tq_submit_trigger()', 'tq_worker_status()'],
-    'the only API functions running as the caller are the single-task wrappers, the trigger and tq_worker_status (shared memory only)');
+    'the only API functions running as the caller are the single-task wrappers, the trigger, and tq_rate_consume and tq_worker_status (shared memory only)');
 SELECT is(ARRAY(SELECT signature FROM tq_functions
                  WHERE prosecdef AND NOT ('search_path=pg_catalog, pg_temp' = ANY (coalesce(proconfig, '{}')))
                  ORDER BY 1), '{}'::text[],

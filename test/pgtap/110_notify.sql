@@ -80,7 +80,16 @@ CREATE TEMP TABLE got (step text, channel text, payload text);
 -- The producer's tq_lease may run (and commit) a maintenance pass; put the
 -- schedule back afterwards.
 SELECT next_maintenance AS saved_next_maintenance FROM tq.meta \gset
+-- In the database tq's background worker serves, tq_ready is sent by the
+-- worker, asynchronously (test/tap/004_background_worker.pl covers that);
+-- this file checks the in-transaction path of every other database.
+SELECT coalesce((SELECT s.database = d.oid FROM tq_worker_status() s, pg_database d
+                  WHERE s.running AND d.datname = current_database()), false) AS worker_serves \gset
+\if :worker_serves
+SELECT false AS have_sessions \gset
+\else
 SELECT pg_temp.setup() AS have_sessions \gset
+\endif
 
 \if :have_sessions
     INSERT INTO got SELECT 'drain', * FROM pg_temp.received('SELECT 1');
