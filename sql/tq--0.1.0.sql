@@ -342,6 +342,25 @@ $$;
 COMMENT ON FUNCTION tq.get_queue(text) IS 'Returns the queue row; raises a clear error when the queue is NULL or unknown.';
 
 /*
+ * The queue row for an operator's call on (queue, tenant): both checked,
+ * and with p_lock the row locked, which serialises tq_pause, tq_resume,
+ * tq_alter_queue and tq_drop_queue of one queue.
+ */
+CREATE FUNCTION tq.admin_target(p_queue text, p_tenant text, p_lock boolean) RETURNS tq.queue
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    q tq.queue := tq.get_queue(p_queue);
+BEGIN
+    PERFORM tq.check_label(p_tenant, 'tenant', 200);
+    IF p_lock THEN
+        SELECT * INTO q FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
+    END IF;
+    RETURN q;
+END
+$$;
+COMMENT ON FUNCTION tq.admin_target(text, text, boolean) IS 'Checks the queue and tenant of an operator''s call and returns the queue row, locked if asked.';
+
+/*
  * Bounds check for an interval argument: NULL passes when allowed, zero
  * passes when allowed (meaning "none"), else it must lie within [lo, hi].
  */
@@ -1746,11 +1765,10 @@ CREATE FUNCTION @extschema@.tq_cancel(queue text, tenant text DEFAULT NULL, incl
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    q tq.queue := tq.get_queue(queue);
+    q tq.queue := tq.admin_target(queue, tenant, false);
     ids bigint[];
     n bigint;
 BEGIN
-    PERFORM tq.check_label(tenant, 'tenant', 200);
     SELECT array_agg(t.id) INTO ids FROM tq.task t
      WHERE t.queue = q.name AND t.state IN ('scheduled', 'ready', 'paused')
        AND (tenant IS NULL OR t.tenant = tenant);
@@ -1772,11 +1790,9 @@ CREATE FUNCTION @extschema@.tq_pause(queue text, tenant text DEFAULT NULL)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    q tq.queue := tq.get_queue(queue);
+    q tq.queue := tq.admin_target(queue, tenant, true);
     n bigint;
 BEGIN
-    PERFORM tq.check_label(tenant, 'tenant', 200);
-    PERFORM 1 FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
     IF tenant IS NULL THEN
         UPDATE tq.queue x SET paused = true WHERE x.name = q.name;
         UPDATE tq.task t SET state = 'paused' WHERE t.queue = q.name AND t.state = 'ready';
@@ -1795,11 +1811,9 @@ CREATE FUNCTION @extschema@.tq_resume(queue text, tenant text DEFAULT NULL)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    q tq.queue := tq.get_queue(queue);
+    q tq.queue := tq.admin_target(queue, tenant, true);
     n bigint;
 BEGIN
-    PERFORM tq.check_label(tenant, 'tenant', 200);
-    SELECT * INTO q FROM tq.queue x WHERE x.name = q.name FOR UPDATE;
     IF tenant IS NULL THEN
         UPDATE tq.queue x SET paused = false WHERE x.name = q.name;
         q.paused := false;
@@ -1875,9 +1889,8 @@ CREATE FUNCTION @extschema@.tq_retry_dead(queue text, tenant text DEFAULT NULL)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
-    q tq.queue := tq.get_queue(queue);
+    q tq.queue := tq.admin_target(queue, tenant, false);
 BEGIN
-    PERFORM tq.check_label(tenant, 'tenant', 200);
     RETURN (SELECT count(*) FROM tq.revive(q.name, tenant, NULL, '{dead}'));
 END
 $$;
