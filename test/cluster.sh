@@ -37,6 +37,7 @@
 #   TQ_TEST_PORT        port, default 54329
 #   TQ_TEST_CONF        extra postgresql.conf lines appended after ours
 #   TQ_TEST_KEEP=1      keep the directory after stopping (for debugging)
+#   TQ_TEST_PG_CRON     preload pg_cron too, serving this database
 
 tq_cluster_dir=
 tq_cluster_datadir=
@@ -144,11 +145,18 @@ tq_cluster_start()
 		return 1
 	fi
 
+	# pg_cron (for tq_schedule) when asked: TQ_TEST_PG_CRON names the
+	# database its scheduler serves, which the caller then creates.
+	local preload=tq
+	if [ -n "${TQ_TEST_PG_CRON:-}" ]; then
+		preload=tq,pg_cron
+	fi
+
 	# Durability off: nothing here outlives the test run.
 	cat >>"$tq_cluster_datadir/postgresql.conf" <<-EOF || return 1
 
 		# Added by tq's test/cluster.sh: a throwaway cluster for tests only.
-		shared_preload_libraries = 'tq'
+		shared_preload_libraries = '$preload'
 		listen_addresses = ''
 		unix_socket_directories = '$tq_cluster_dir'
 		port = $port
@@ -160,6 +168,9 @@ tq_cluster_start()
 		log_min_messages = warning
 		log_checkpoints = off
 	EOF
+	if [ -n "${TQ_TEST_PG_CRON:-}" ]; then
+		printf "cron.database_name = '%s'\n" "$TQ_TEST_PG_CRON" >>"$tq_cluster_datadir/postgresql.conf" || return 1
+	fi
 	if [ -n "${TQ_TEST_CONF:-}" ]; then
 		printf '%s\n' "$TQ_TEST_CONF" >>"$tq_cluster_datadir/postgresql.conf" || return 1
 	fi

@@ -10,6 +10,7 @@
 #   postgresql-15-pgtap                    the pgTAP extension
 #   libtap-parser-sourcehandler-pgtap-perl pg_prove
 #   libipc-run-perl                        IPC::Run, needed by PostgreSQL::Test::*
+#   postgresql-15-cron                     pg_cron, under tq_schedule
 #
 # pgbench ships with the server package (postgresql-15) itself.
 #
@@ -23,6 +24,7 @@ packages=(
 	postgresql-15-pgtap
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
+	postgresql-15-cron
 )
 
 missing=()

@@ -131,7 +131,7 @@ layer_pgtap()
 	fi
 
 	say "pgtap: ${#files[@]} file(s) with pg_prove"
-	if ! fresh_db tq_test pgtap tq; then
+	if ! fresh_db tq_test pgtap tq pg_cron; then
 		echo "pgtap: could not prepare database tq_test"
 		failed=$((failed + ${#files[@]}))
 		layer_failed pgtap
@@ -334,6 +334,8 @@ fi
 # summary printed if it was not yet (traps chain in reverse order of
 # registration).
 trap final_summary EXIT
+# pg_cron serves the pgTAP database, for the tq_schedule tests.
+export TQ_TEST_PG_CRON=tq_test
 if ! tq_cluster_start; then
 	failed=1
 	summary
