@@ -105,6 +105,8 @@ tq_shmem_request(void)
 	RequestNamedLWLockTranche("tq", 1);
 	RequestAddinShmemSpace(tq_rate_shmem_size());
 	RequestNamedLWLockTranche("tq rate", 1);
+	RequestAddinShmemSpace(tq_fair_shmem_size());
+	RequestNamedLWLockTranche("tq fair", 1);
 }
 
 static void
@@ -124,6 +126,7 @@ tq_shmem_startup(void)
 		tq_shared->worker_dboid = InvalidOid;
 	}
 	tq_rate_shmem_init();
+	tq_fair_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

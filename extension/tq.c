@@ -35,6 +35,7 @@ int tq_worker_naptime = 1000;
 int tq_worker_min_interval = 10;
 int tq_notify_interval = 2;
 int tq_max_rate_keys = 1024;
+int tq_max_tenants = 20000;
 
 void _PG_init(void);
 
@@ -104,6 +105,15 @@ _PG_init(void)
 		"Buckets that have refilled are reused; a new key finds no room only "
 		"when every bucket is in use.",
 		&tq_max_rate_keys, 1024, 16, 1000000, PGC_POSTMASTER, 0, NULL, NULL, NULL);
+
+	DefineCustomIntVariable("tq.max_tenants",
+							"Number of queues and (queue, tenant) pairs whose fair-dispatch state, "
+							"limits and counters shared memory holds.",
+							"Entries of tenants without live tasks are reused; beyond this, new "
+							"tenants are served without their own share and limits, and the server "
+							"log says so.",
+							&tq_max_tenants, 20000, 64, 10000000, PGC_POSTMASTER, 0, NULL, NULL,
+							NULL);
 
 	MarkGUCPrefixReserved("tq");
 

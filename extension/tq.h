@@ -11,6 +11,7 @@
  *	 shmem.c	shared-memory state and the commit hook that feeds it
  *	 worker.c	the background worker
  *	 ratelimit.c	token buckets for tq_rate_consume
+ *	 fair.c		fair dispatch, limits, quotas and counters (tq.task trigger)
  *
  *-------------------------------------------------------------------------
  */
@@ -30,6 +31,7 @@ extern int tq_worker_naptime;       /* ms the worker sleeps at most */
 extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
 extern int tq_max_rate_keys;        /* token buckets in shared memory */
 extern int tq_notify_interval;      /* ms between two notify passes */
+extern int tq_max_tenants;          /* fair-dispatch entries in shared memory */
 
 /* Queues flagged ready between two worker passes, before ready_all. */
 #define TQ_READY_SLOTS 64
@@ -64,5 +66,7 @@ extern void tq_shmem_init(void);
 extern void tq_worker_register(void);
 extern Size tq_rate_shmem_size(void);
 extern void tq_rate_shmem_init(void);
+extern Size tq_fair_shmem_size(void);
+extern void tq_fair_shmem_init(void);
 
 #endif /* TQ_H */

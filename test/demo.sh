@@ -53,7 +53,7 @@ SELECT name, id FROM demo_ids ORDER BY id, name;
 SELECT cardinality(tq_submit_many('thumbnails',
          (SELECT array_agg(jsonb_build_object('image', i, 'work', 'ok')) FROM generate_series(100, 1099) i)))
        AS "bulk: thumbnails submitted in one call";
-SELECT queue, scheduled, ready, running, succeeded, dead FROM tq_queue_stats ORDER BY queue;
+SELECT queue, scheduled, ready, running, succeeded, dead FROM tq_queue_stats_exact ORDER BY queue;
 SQL
 
 step "A worker in plain SQL: lease up to 100, do the work, report, repeat"
@@ -124,8 +124,23 @@ SELECT id, state, attempts FROM tq_task((SELECT id FROM demo_ids WHERE name = 'b
 SELECT tq_cancel((SELECT id FROM demo_ids WHERE name = 'bad input')) AS cancelled_instead;
 SQL
 
+step "Fair sharing: tenant big floods a queue with 1000 tasks, small-1 and small-2 submit 20 each"
+psql <<'SQL'
+\pset footer off
+SELECT tq_create_queue('reports', concurrency => 50);
+SELECT tq_set_tenant('reports', 'small-2', weight => 2);
+SELECT cardinality(tq_submit_many('reports', array_fill('{}'::jsonb, ARRAY[1000]), tenant => 'big')) AS big,
+       cardinality(tq_submit_many('reports', array_fill('{}'::jsonb, ARRAY[20]), tenant => 'small-1')) AS "small-1",
+       cardinality(tq_submit_many('reports', array_fill('{}'::jsonb, ARRAY[20]), tenant => 'small-2')) AS "small-2 (weight 2)";
+-- A worker leases 40: big gets a quarter, not 96 %; the queue's concurrency quota (50) holds.
+SELECT tenant, count(*) AS "of the first 40 leased" FROM tq_lease('demo', ARRAY['reports'], 40) GROUP BY tenant ORDER BY tenant;
+SELECT count(*) AS "more leased while 40 run (quota 50)" FROM tq_lease('demo', ARRAY['reports'], 100);
+SELECT tenant, ready, running FROM tq_tenants WHERE queue = 'reports' ORDER BY tenant;
+SELECT tq_drop_queue('reports', force => true);
+SQL
+
 step "Queue stats"
-psql -c "SELECT queue, scheduled, ready, running, succeeded, dead, cancelled, expired FROM tq_queue_stats ORDER BY queue"
+psql -c "SELECT queue, scheduled, ready, running, succeeded, dead, cancelled, expired FROM tq_queue_stats_exact ORDER BY queue"
 
 step "The background worker"
 psql -c "SELECT running, passes, notifications FROM tq_worker_status()"

@@ -2,18 +2,21 @@
 -- and the history partitions a queue gets.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(51);
+SELECT plan(55);
 
 -- The API exists with the documented signatures.
 SELECT has_function('public', 'tq_create_queue',
-    ARRAY['text', 'integer', 'interval', 'interval', 'interval', 'interval', 'interval', 'bigint', 'interval', 'integer', 'boolean'],
-    'tq_create_queue(name, max_attempts, lease, backoff_base, backoff_cap, dedup_window, retention, backlog_limit, timeout, throttle_limit, if_not_exists) exists');
+    ARRAY['text', 'integer', 'interval', 'interval', 'interval', 'interval', 'interval', 'bigint', 'interval', 'integer', 'boolean',
+          'double precision', 'double precision', 'integer', 'double precision'],
+    'tq_create_queue(name, max_attempts, lease, backoff_base, backoff_cap, dedup_window, retention, backlog_limit, timeout, throttle_limit, if_not_exists, rate_per_sec, burst, concurrency, priority_aging) exists');
 SELECT has_function('public', 'tq_alter_queue',
-    ARRAY['text', 'integer', 'interval', 'interval', 'interval', 'interval', 'interval', 'bigint', 'interval', 'integer'],
-    'tq_alter_queue(name, options...) exists');
+    ARRAY['text', 'integer', 'interval', 'interval', 'interval', 'interval', 'interval', 'bigint', 'interval', 'integer',
+          'double precision', 'double precision', 'integer', 'double precision'],
+    'tq_alter_queue(name, options..., rate_per_sec, burst, concurrency, priority_aging) exists');
 SELECT has_function('public', 'tq_drop_queue', ARRAY['text', 'boolean'], 'tq_drop_queue(name, force) exists');
 SELECT has_view('public', 'tq_queues', 'view tq_queues exists');
 SELECT has_view('public', 'tq_queue_stats', 'view tq_queue_stats exists');
+SELECT has_view('public', 'tq_queue_stats_exact', 'view tq_queue_stats_exact exists');
 SELECT has_schema('tq', 'internal schema tq exists');
 SELECT has_table('tq', 'task', 'hot table tq.task exists');
 SELECT has_table('tq', 'history', 'history table tq.history exists');
@@ -22,10 +25,11 @@ SELECT has_table('tq', 'history', 'history table tq.history exists');
 SELECT is(tq_create_queue('q_defaults'), true, 'tq_create_queue returns true for a new queue');
 SELECT results_eq(
     $$SELECT paused, max_attempts, lease, backoff_base, backoff_cap, throttle_limit, dedup_window,
-             retention, backlog_limit, timeout, paused_tenants
+             retention, backlog_limit, timeout, paused_tenants, rate_per_sec, burst, concurrency, priority_aging
         FROM tq_queues WHERE queue = 'q_defaults'$$,
     $$VALUES (false, 25, interval '1 minute', interval '1 second', interval '1 hour', 20, interval '1 day',
-              interval '7 days', NULL::bigint, NULL::interval, '{}'::text[])$$,
+              interval '7 days', NULL::bigint, NULL::interval, '{}'::text[],
+              NULL::float8, NULL::float8, NULL::int, 1000000::float8)$$,
     'a queue created without options has the documented defaults');
 SELECT is((SELECT created_at FROM tq_queues WHERE queue = 'q_defaults'), now(),
     'tq_queues.created_at is the creating transaction''s time');
@@ -33,14 +37,15 @@ SELECT is((SELECT created_at FROM tq_queues WHERE queue = 'q_defaults'), now(),
 -- Create with every option, by name.
 SELECT is(tq_create_queue(name => 'q_opts', max_attempts => 7, lease => '30 seconds', backoff_base => '2 seconds',
                           backoff_cap => '10 minutes', dedup_window => '2 hours', retention => '3 hours',
-                          backlog_limit => 1000, timeout => '5 minutes', throttle_limit => 4),
+                          backlog_limit => 1000, timeout => '5 minutes', throttle_limit => 4,
+                          rate_per_sec => 50, burst => 10, concurrency => 8, priority_aging => 100),
           true, 'tq_create_queue accepts every option as a named argument');
 SELECT results_eq(
     $$SELECT max_attempts, lease, backoff_base, backoff_cap, throttle_limit, dedup_window,
-             retention, backlog_limit, timeout
+             retention, backlog_limit, timeout, rate_per_sec, burst, concurrency, priority_aging
         FROM tq_queues WHERE queue = 'q_opts'$$,
     $$VALUES (7, interval '30 seconds', interval '2 seconds', interval '10 minutes', 4, interval '2 hours',
-              interval '3 hours', 1000::bigint, interval '5 minutes')$$,
+              interval '3 hours', 1000::bigint, interval '5 minutes', 50::float8, 10::float8, 8, 100::float8)$$,
     'tq_queues shows the options given to tq_create_queue');
 
 -- if_not_exists: false, and the existing options are kept.
@@ -80,12 +85,17 @@ SELECT is((SELECT count(*)::int FROM tq.history_part p
             WHERE p.queue = 'q_defaults' AND to_regclass(format('tq.%I', p.relname)) IS NULL), 0,
     'every partition recorded in tq.history_part exists');
 
--- tq_queue_stats for an empty queue.
+-- tq_queue_stats (live, shared memory) and tq_queue_stats_exact (tables) for an empty queue.
+SELECT results_eq(
+    $$SELECT queue_paused, scheduled, ready, paused, running, next_ready_wait, leased, tokens
+        FROM tq_queue_stats WHERE queue = 'q_defaults'$$,
+    $$VALUES (false, 0::bigint, 0::bigint, 0::bigint, 0::bigint, NULL::interval, 0::bigint, NULL::float8)$$,
+    'tq_queue_stats shows an empty queue with zero counts, no next ready task and no rate bucket');
 SELECT results_eq(
     $$SELECT queue_paused, scheduled, ready, paused, running, succeeded, dead, cancelled, expired, oldest_ready_age
-        FROM tq_queue_stats WHERE queue = 'q_defaults'$$,
+        FROM tq_queue_stats_exact WHERE queue = 'q_defaults'$$,
     $$VALUES (false, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, 0::bigint, NULL::interval)$$,
-    'tq_queue_stats shows an empty queue with zero counts and no oldest ready age');
+    'tq_queue_stats_exact shows an empty queue with zero counts and no oldest ready age');
 
 -- tq_alter_queue: NULL leaves an option as it is.
 SELECT lives_ok($$SELECT tq_alter_queue('q_opts', max_attempts => 3, lease => '2 minutes')$$,
@@ -109,6 +119,12 @@ SELECT results_eq(
     $$SELECT backlog_limit, timeout FROM tq_queues WHERE queue = 'q_opts'$$,
     $$VALUES (NULL::bigint, NULL::interval)$$,
     'backlog_limit => 0 and timeout => 0 clear the limit and the timeout');
+SELECT lives_ok($$SELECT tq_alter_queue('q_opts', rate_per_sec => 0, concurrency => 0, priority_aging => 7)$$,
+    'tq_alter_queue accepts 0 for rate_per_sec and concurrency');
+SELECT results_eq(
+    $$SELECT rate_per_sec, burst, concurrency, priority_aging FROM tq_queues WHERE queue = 'q_opts'$$,
+    $$VALUES (NULL::float8, NULL::float8, NULL::int, 7::float8)$$,
+    'rate_per_sec => 0 and concurrency => 0 clear the rate limit (and its burst) and the quota; priority_aging is changed');
 SELECT throws_ok($$SELECT tq_alter_queue('q_opts', backoff_base => '2 minutes')$$, '22023', NULL,
     'tq_alter_queue refuses a backoff_base above the existing backoff_cap');
 SELECT is((SELECT backoff_base FROM tq_queues WHERE queue = 'q_opts'), interval '1 second',

@@ -2,7 +2,7 @@
 -- what tq_task and tq_queue_stats show of it.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(43);
+SELECT plan(44);
 
 SELECT has_function('public', 'tq_submit',
     ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone'],
@@ -93,13 +93,16 @@ SELECT tq_submit('s2', tenant => 'slow', run_at => now() + interval '1 minute') 
 SELECT is((SELECT state::text FROM tq.task WHERE id = :t_slow_later), 'scheduled',
     'a future task of a paused tenant is scheduled (paused when it comes due)');
 
--- tq_queue_stats counts per state.
+-- tq_queue_stats_exact counts per state, as this transaction sees the table
+-- (tq_queue_stats counts from shared memory, settled at commit: 170_limits).
 SELECT results_eq(
-    $$SELECT scheduled, ready, paused, running FROM tq_queue_stats WHERE queue = 's2'$$,
+    $$SELECT scheduled, ready, paused, running FROM tq_queue_stats_exact WHERE queue = 's2'$$,
     $$VALUES (1::bigint, 2::bigint, 1::bigint, 0::bigint)$$,
-    'tq_queue_stats counts scheduled, ready (one resumed, one never paused), paused and running tasks');
-SELECT is((SELECT oldest_ready_age FROM tq_queue_stats WHERE queue = 's2'), interval '0',
-    'tq_queue_stats reports the oldest ready task''s age');
+    'tq_queue_stats_exact counts scheduled, ready (one resumed, one never paused), paused and running tasks');
+SELECT is((SELECT oldest_ready_age FROM tq_queue_stats_exact WHERE queue = 's2'), interval '0',
+    'tq_queue_stats_exact reports the oldest ready task''s age');
+SELECT is((SELECT next_ready_wait FROM tq_queue_stats WHERE queue = 's2'), interval '0',
+    'tq_queue_stats reports how long the next task in dispatch order has waited');
 
 -- tq_submit_many: one task per payload, ids in payload order.
 SELECT tq_submit_many('s1', ARRAY['{"i": 1}', '{"i": 2}', '{"i": 3}']::jsonb[]) AS many \gset

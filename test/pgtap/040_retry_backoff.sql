@@ -89,7 +89,7 @@ SELECT is(pg_temp.fail_all('rb'), 300, 'round 4: every task fails its fourth att
 SELECT is((SELECT count(*)::int FROM tq.task WHERE queue = 'rb'), 0, 'after max_attempts failures no task is left live');
 SELECT is((SELECT count(*)::int FROM tq.history WHERE queue = 'rb' AND state = 'dead' AND attempt = 4 AND last_error = 'failed'), 300,
     'after max_attempts failures every task is dead with 4 attempts and its last error');
-SELECT is((SELECT dead FROM tq_queue_stats WHERE queue = 'rb'), 300::bigint, 'tq_queue_stats counts dead tasks');
+SELECT is((SELECT dead FROM tq_queue_stats_exact WHERE queue = 'rb'), 300::bigint, 'tq_queue_stats_exact counts dead tasks');
 
 -- A per-task max_attempts overrides the queue's.
 SELECT tq_submit('rb', '{}', max_attempts => 1) AS one \gset

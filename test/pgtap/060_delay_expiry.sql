@@ -48,7 +48,7 @@ SELECT results_eq(format('SELECT state, attempts, first_started_at, finished_at 
     $$VALUES ('expired', 0, NULL::timestamptz, now())$$, 'a task past its expires_at is expired without ever running');
 SELECT is((SELECT last_error FROM tq_task(:x1)), 'expired: expires_at passed before the task started',
     'an expired task says why in last_error');
-SELECT is((SELECT expired FROM tq_queue_stats WHERE queue = 'ex'), 1::bigint, 'tq_queue_stats counts expired tasks');
+SELECT is((SELECT expired FROM tq_queue_stats_exact WHERE queue = 'ex'), 1::bigint, 'tq_queue_stats_exact counts expired tasks');
 
 -- Expiry of a scheduled task (delayed, or waiting out a retry).
 SELECT tq_submit('ex', '{}', run_at => now() + interval '1 hour', expires_at => now() + interval '2 hours') AS x2 \gset

@@ -25,7 +25,7 @@ SELECT is((SELECT count(*)::int FROM tq.task WHERE id = :c_ready), 0, 'a cancell
 SELECT is(tq_cancel(:c_sched::bigint), true, 'tq_cancel of a scheduled task returns true');
 SELECT is((SELECT state FROM tq_task(:c_sched)), 'cancelled', 'a cancelled scheduled task is cancelled');
 SELECT is(tq_cancel(:c_ready::bigint), false, 'tq_cancel of a finished task returns false');
-SELECT is((SELECT cancelled FROM tq_queue_stats WHERE queue = 'c1'), 2::bigint, 'tq_queue_stats counts cancelled tasks');
+SELECT is((SELECT cancelled FROM tq_queue_stats_exact WHERE queue = 'c1'), 2::bigint, 'tq_queue_stats_exact counts cancelled tasks');
 
 -- A running task: flagged, reported by the next heartbeat, stopped by the worker.
 SELECT tq_submit('c1', '{"c": "run"}') AS c_run \gset
@@ -65,8 +65,7 @@ SELECT tq_create_queue('c2');
 SELECT cardinality(tq_submit_many('c2', array_fill('{}'::jsonb, ARRAY[3]), tenant => 'a'));
 SELECT cardinality(tq_submit_many('c2', array_fill('{}'::jsonb, ARRAY[2]), tenant => 'b'));
 SELECT cardinality(tq_submit_many('c2', array_fill('{}'::jsonb, ARRAY[2]), tenant => 'b', run_at => now() + interval '1 day'));
-SELECT tq_submit('c2', '{}', tenant => 'a') AS c2_run_a \gset
-UPDATE tq.task SET priority = 100 WHERE id = :c2_run_a;
+SELECT tq_submit('c2', '{}', tenant => 'a', priority => 100) AS c2_run_a \gset
 SELECT count(*) FROM tq_lease('w2', ARRAY['c2'], 1);
 SELECT is((SELECT state::text FROM tq.task WHERE id = :c2_run_a), 'running', 'one task of tenant a is running');
 
@@ -89,8 +88,7 @@ SELECT is(tq_cancel('c2'), 0::bigint, 'tq_cancel of a queue with nothing left to
 ------------------------------------------------------------------------------
 SELECT tq_create_queue('p1');
 SELECT cardinality(tq_submit_many('p1', array_fill('{}'::jsonb, ARRAY[3])));
-SELECT tq_submit('p1', '{}') AS p1_run \gset
-UPDATE tq.task SET priority = 100 WHERE id = :p1_run;
+SELECT tq_submit('p1', '{}', priority => 100) AS p1_run \gset
 SELECT count(*) FROM tq_lease('w', ARRAY['p1'], 1);
 SELECT is(tq_pause('p1'), 3::bigint, 'tq_pause of a queue returns how many ready tasks it holds');
 SELECT is((SELECT paused FROM tq_queues WHERE queue = 'p1'), true, 'tq_queues shows the queue paused');

@@ -3,7 +3,7 @@
 -- can call the API; SECURITY DEFINER functions pin search_path.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(65);
+SELECT plan(75);
 
 -- Runs one statement as a role and says how it went: 'ok' or the SQLSTATE.
 -- (pgTAP itself must run as the superuser: its bookkeeping tables are ours.)
@@ -36,6 +36,9 @@ CREATE ROLE tap_nobody LOGIN;
 ------------------------------------------------------------------------------
 SELECT is(pg_temp.as_role('tap_ops', $$SELECT tq_create_queue('roles_q', max_attempts => 2)$$), 'ok', 'tq_admin can create a queue');
 SELECT is(pg_temp.as_role('tap_ops', $$SELECT tq_alter_queue('roles_q', lease => '2 minutes')$$), 'ok', 'tq_admin can alter a queue');
+SELECT is(pg_temp.as_role('tap_ops', $$SELECT tq_set_tenant('roles_q', 'big', weight => 3, concurrency => 5)$$), 'ok',
+    'tq_admin can set a tenant''s policy');
+SELECT is(pg_temp.as_role('tap_ops', 'SELECT * FROM tq_queue_stats_exact'), 'ok', 'tq_admin can read tq_queue_stats_exact');
 SELECT is(pg_temp.as_role('tap_ops', $$SELECT tq_create_queue('roles_tmp')$$), 'ok', 'tq_admin can create another queue');
 SELECT is(pg_temp.as_role('tap_ops', $$SELECT tq_drop_queue('roles_tmp')$$), 'ok', 'tq_admin can drop a queue');
 
@@ -50,6 +53,11 @@ SELECT is(pg_temp.as_role('tap_app', format('SELECT * FROM tq_task(%s)', (SELECT
     'tq_producer can read a task with tq_task');
 SELECT is(pg_temp.as_role('tap_app', 'SELECT * FROM tq_queue_stats'), 'ok', 'tq_producer can read tq_queue_stats');
 SELECT is(pg_temp.as_role('tap_app', 'SELECT * FROM tq_queues'), 'ok', 'tq_producer can read tq_queues');
+SELECT is(pg_temp.as_role('tap_app', 'SELECT * FROM tq_tenants'), 'ok', 'tq_producer can read tq_tenants');
+SELECT is(pg_temp.as_role('tap_app', 'SELECT * FROM tq_queue_stats_exact'), '42501',
+    'tq_producer cannot read tq_queue_stats_exact (admin only: it scans the tables) (42501)');
+SELECT is(pg_temp.as_role('tap_app', $$SELECT tq_set_tenant('roles_q', 't', weight => 2)$$), '42501',
+    'tq_producer cannot set a tenant''s policy (42501)');
 SELECT is(pg_temp.as_role('tap_app', $$SELECT * FROM tq_lease('w', ARRAY['roles_q'])$$), '42501', 'tq_producer cannot lease (42501)');
 SELECT is(pg_temp.as_role('tap_app', $$SELECT tq_complete(1, 1)$$), '42501', 'tq_producer cannot complete (42501)');
 SELECT is(pg_temp.as_role('tap_app', $$SELECT tq_fail(1, 1, 'x')$$), '42501', 'tq_producer cannot fail a task (42501)');
@@ -91,6 +99,11 @@ SELECT results_eq(format('SELECT state FROM tq_task(%s) UNION ALL SELECT state F
     $$VALUES ('succeeded'), ('scheduled'), ('ready')$$, 'the worker''s calls took effect');
 SELECT is(pg_temp.as_role('tap_worker', format('SELECT * FROM tq_task(%s)', :t1)), 'ok', 'tq_worker can read a task');
 SELECT is(pg_temp.as_role('tap_worker', 'SELECT * FROM tq_queue_stats'), 'ok', 'tq_worker can read tq_queue_stats');
+SELECT is(pg_temp.as_role('tap_worker', 'SELECT * FROM tq_tenants'), 'ok', 'tq_worker can read tq_tenants');
+SELECT is(pg_temp.as_role('tap_worker', 'SELECT * FROM tq_queue_stats_exact'), '42501',
+    'tq_worker cannot read tq_queue_stats_exact (42501)');
+SELECT is(pg_temp.as_role('tap_worker', $$SELECT tq_set_tenant('roles_q', 't', concurrency => 1)$$), '42501',
+    'tq_worker cannot set a tenant''s policy (42501)');
 SELECT is(pg_temp.as_role('tap_worker', $$SELECT tq_create_queue('by_worker')$$), '42501', 'tq_worker cannot create a queue (42501)');
 SELECT is(pg_temp.as_role('tap_worker', $$SELECT tq_drop_queue('roles_q', force => true)$$), '42501', 'tq_worker cannot drop a queue (42501)');
 SELECT is(pg_temp.as_role('tap_worker', $$SELECT tq_pause('roles_q')$$), '42501', 'tq_worker cannot pause a queue (42501)');
@@ -119,6 +132,7 @@ SELECT is(pg_temp.as_role('tap_nobody', $$SELECT tq_submit('roles_q2', '{}')$$),
 SELECT is(pg_temp.as_role('tap_nobody', $$SELECT * FROM tq_lease('w', ARRAY['roles_q2'])$$), '42501', 'a role without a tq role cannot lease (42501)');
 SELECT is(pg_temp.as_role('tap_nobody', 'SELECT * FROM tq_task(1)'), '42501', 'a role without a tq role cannot read tasks (42501)');
 SELECT is(pg_temp.as_role('tap_nobody', 'SELECT * FROM tq_queue_stats'), '42501', 'a role without a tq role cannot read tq_queue_stats (42501)');
+SELECT is(pg_temp.as_role('tap_nobody', 'SELECT * FROM tq_tenants'), '42501', 'a role without a tq role cannot read tq_tenants (42501)');
 
 -- No function of the extension is executable by PUBLIC.
 SELECT is(ARRAY(
@@ -157,15 +171,21 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
     'every SECURITY DEFINER function is owned by the extension''s owner');
 -- Internal helpers run under the calling API function's pinned search_path
 -- (they carry no SET of their own, see the install script), which is safe
--- only as long as nobody else can call them.
+-- only as long as nobody else can call them.  The one exception is
+-- tq.shared_counts(): the live views (tq_queue_stats, tq_tenants) call it
+-- as the reader, so the tq roles must be able to execute it; it is
+-- SECURITY DEFINER with a pinned search_path (checked above) and only reads.
 SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
                  WHERE p.pronamespace = 'tq'::regnamespace
                    AND (has_function_privilege('public', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_producer', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
-                 ORDER BY 1), '{}'::text[],
-    'no internal function in schema tq is executable by PUBLIC or the tq roles');
+                 ORDER BY 1), ARRAY['tq.shared_counts()'],
+    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.shared_counts() for the live views');
+SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_counts()'::regprocedure)
+          AND NOT has_function_privilege('public', 'tq.shared_counts()', 'EXECUTE'),
+    'tq.shared_counts() is SECURITY DEFINER and not executable by PUBLIC');
 SELECT ok(NOT has_schema_privilege('tq_admin', 'tq', 'USAGE') AND NOT has_schema_privilege('public', 'tq', 'USAGE'),
     'schema tq is closed to PUBLIC and the tq roles');
 

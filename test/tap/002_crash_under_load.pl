@@ -240,7 +240,7 @@ sub flow
 		'postgres', q{
 		SELECT scheduled + ready + paused + running + succeeded + dead + cancelled + expired,
 		       succeeded
-		FROM tq_queue_stats WHERE queue = 'crash'});
+		FROM tq_queue_stats_exact WHERE queue = 'crash'});
 	return split /\|/, $r;
 }
 
@@ -372,7 +372,7 @@ for my $round (1, 2)
 			'postgres', q{
 			SELECT format('scheduled %s, ready %s, running %s, succeeded %s, dead %s',
 			              scheduled, ready, running, succeeded, dead)
-			FROM tq_queue_stats WHERE queue = 'crash'}));
+			FROM tq_queue_stats_exact WHERE queue = 'crash'}));
 }
 
 # Drain: lease and complete until nothing is live.  Leases running at the
@@ -404,7 +404,7 @@ while (1)
 		}
 	}
 	$live = $node->safe_psql('postgres',
-		"SELECT scheduled + ready + paused + running FROM tq_queue_stats WHERE queue = 'crash'");
+		"SELECT scheduled + ready + paused + running FROM tq_queue_stats_exact WHERE queue = 'crash'");
 	last if $live eq '0' || time > $drain_deadline;
 	if (!@rows)
 	{
@@ -421,7 +421,7 @@ my ($total, $succeeded, $dead, $other) = split /\|/,
 	'postgres', q{
 	SELECT scheduled + ready + paused + running + succeeded + dead + cancelled + expired,
 	       succeeded, dead, scheduled + ready + paused + running + cancelled + expired
-	FROM tq_queue_stats WHERE queue = 'crash'});
+	FROM tq_queue_stats_exact WHERE queue = 'crash'});
 note("in the end: $total tasks, $succeeded succeeded, $dead dead");
 is($succeeded, $total, 'every task of the queue succeeded');
 is($dead, '0', 'no task is dead');

@@ -1,0 +1,1648 @@
+/*-------------------------------------------------------------------------
+ *
+ * fair.c
+ *	  Fair dispatch, rate limits, concurrency quotas, back-pressure and
+ *	  live counters, in shared memory.
+ *
+ * Every policy is applied where a task changes state, by one BEFORE ROW
+ * trigger on tq.task (tq.task_row, below), so that every path -- submit,
+ * lease, promotion, release, reclaim, pause, retry -- goes through it and
+ * no SQL function can forget a rule.
+ *
+ * Entries.  One dynahash, "tq fair", keyed by (database, queue, kind,
+ * tenant): a queue entry (kind QUEUE) per queue and a tenant entry per
+ * (queue, tenant) with live tasks (the NULL tenant is a tenant of its
+ * own).  An entry holds the policy copied from tq.queue / tq.tenant
+ * (weight, rate and burst, concurrency, backlog_limit, priority_aging),
+ * live counts per state, a token bucket, and a virtual clock: the queue's
+ * virtual time V, or the tenant's virtual finish time F.
+ *
+ * Fair order (start-time fair queuing).  When a task becomes ready its
+ * start tag is S = max(V, F) and F becomes S + 1/weight; its dispatch key
+ * is S minus a bounded priority shift,
+ *
+ *		key = S - (priority_aging / 2) * p / (|p| + 1)
+ *
+ * so a higher priority always sorts earlier among tasks with the same
+ * start tag, and no shift exceeds priority_aging / 2 either way: a task is
+ * never overtaken by work whose start tag is more than priority_aging
+ * later.  tq_lease claims in key order from one B-tree
+ * (queue, vkey, id) WHERE state = 'ready' with SKIP LOCKED; each claim
+ * advances V to the claimed key.  A flooding tenant spreads its own tasks
+ * into the future; a quiet tenant's next task is placed at V.  The unit
+ * of the keys is a round: one task of each backlogged tenant of weight 1.
+ *
+ * Limits at claim time.  A claim (ready -> running) passes the gate:
+ * queue and tenant concurrency (running < quota) and token buckets (one
+ * token each).  A claim the queue's limits refuse is skipped (the row
+ * stays ready; tq_lease asks tq.lease_room first, so it does not even
+ * scan when the queue has no room).  A claim a tenant's limits refuse
+ * parks the task: it becomes paused with its key kept, out of the
+ * dispatch index, so that no lease scans over a throttled tenant's
+ * backlog; the tenant is marked held, and the background worker (or
+ * tq_lease where no worker serves the database) moves parked tasks back to
+ * ready, in key order, as the tenant's quota frees and its bucket refills.
+ *
+ * Counters and transactions.  A count goes up as soon as the row changes
+ * (undone if the transaction or subtransaction aborts) and goes down only
+ * when the transaction commits: the counters never undercount what may
+ * become committed, so concurrency quotas and backlog limits hold exactly
+ * across concurrent transactions, and a producer's transaction takes no
+ * row lock per tenant.  Backend-local accounting of what to undo or apply
+ * sits in a small hash per transaction (one slot per entry and
+ * subtransaction, however many rows).  PREPARE TRANSACTION of a
+ * transaction that changed tasks is refused: its accounting would be
+ * orphaned.
+ *
+ * Rebuild.  Shared memory starts empty after a server start or crash
+ * restart.  The first state change in a database (or the first read of
+ * its counters) rebuilds that database's entries from tq.task in one
+ * aggregate scan -- counts per state, V from the last claimed key, each
+ * tenant's F from its highest key -- while other backends of the database
+ * wait on a condition variable.  Nothing can change tq.task in between,
+ * because every change passes through this trigger first.  Token buckets
+ * start full.  CREATE and ALTER EXTENSION reset a database's entries.
+ *
+ * Capacity.  tq.max_tenants entries in all.  When full, entries of
+ * tenants with no live task are evicted (their clocks are behind V or
+ * nearly so, which a new entry reproduces).  If none can be evicted, a new
+ * tenant is dispatched at V without its own entry: it is still served,
+ * but without its own fair share and limits until room frees.  This is
+ * logged (at most once a minute), never an error.
+ *
+ * Locking protocol.  fair_lock (an LWLock of tranche "tq fair") protects
+ * the hash and every entry field; holders copy a few numbers, never
+ * allocate, never raise an error, never run SQL.  Configuration is read
+ * with SPI before the lock is taken.  Each database's rebuild state is an
+ * atomic read on the hot path and changed under fair_lock.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_enum.h"
+#include "catalog/pg_type.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#include "tq.h"
+
+PG_FUNCTION_INFO_V1(tq_task_row);
+PG_FUNCTION_INFO_V1(tq_lease_room);
+PG_FUNCTION_INFO_V1(tq_take_parked);
+PG_FUNCTION_INFO_V1(tq_held_work);
+PG_FUNCTION_INFO_V1(tq_held_done);
+PG_FUNCTION_INFO_V1(tq_held_next);
+PG_FUNCTION_INFO_V1(tq_shared_counts);
+PG_FUNCTION_INFO_V1(tq_policy_changed);
+PG_FUNCTION_INFO_V1(tq_reset_shared);
+
+#define TQ_TENANT_MAX 200 /* tq.check_label's limit for tenants */
+#define TQ_MAX_DBS 64     /* databases with tq state at once */
+
+/* Live states counted; the order of tq.task_state's first four labels. */
+#define ST_SCHEDULED 0
+#define ST_READY 1
+#define ST_PAUSED 2
+#define ST_RUNNING 3
+#define NSTATES 4
+static const char *const state_names[NSTATES] = {"scheduled", "ready", "paused", "running"};
+
+#define KIND_QUEUE 0
+#define KIND_NULL_TENANT 1
+#define KIND_TENANT 2
+
+typedef struct FairKey
+{
+	Oid dboid;
+	int32 kind;
+	char queue[NAMEDATALEN];
+	char tenant[TQ_TENANT_MAX + 1];
+} FairKey;
+
+typedef struct FairEntry
+{
+	FairKey key;
+	/* policy, copied from tq.queue / tq.tenant */
+	bool policy_loaded;
+	double weight;       /* tenants: share of the queue */
+	double rate;         /* tokens per second; 0 = no limit */
+	double burst;        /* bucket size */
+	int64 concurrency;   /* running tasks at most; -1 = no limit */
+	int64 backlog_limit; /* queued tasks at most; -1 = no limit */
+	double aging;        /* queues: priority_aging, in rounds */
+	/* state */
+	int64 count[NSTATES]; /* live tasks per state */
+	double vclock;        /* queue: V; tenant: F */
+	double tokens;        /* bucket content at tokens_at */
+	TimestampTz tokens_at;
+	int64 leased;      /* claims since the entry was made */
+	double lease_rate; /* claims per second, smoothed */
+	int64 rate_leased; /* value of leased at rate_at */
+	TimestampTz rate_at;
+	bool held;       /* has parked tasks waiting for room */
+	uint32 held_gen; /* bumped whenever held is set */
+} FairEntry;
+
+#define DB_EMPTY 0
+#define DB_BUILDING 1
+#define DB_READY 2
+
+typedef struct FairDb
+{
+	Oid dboid;
+	pg_atomic_uint32 state;
+} FairDb;
+
+typedef struct FairShared
+{
+	LWLock *lock;
+	ConditionVariable cv; /* rebuilds finishing */
+	FairDb dbs[TQ_MAX_DBS];
+	TimestampTz last_full_log; /* last "table full" log line */
+	TimestampTz last_evict_scan;
+	int nheld; /* entries with held set */
+} FairShared;
+
+static FairShared *fair = NULL;
+static HTAB *fair_hash = NULL;
+
+/* ------------------------------------------------------------------------
+ * Shared memory set-up
+ * ------------------------------------------------------------------------
+ */
+Size
+tq_fair_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(FairShared)),
+					hash_estimate_size(tq_max_tenants, sizeof(FairEntry)));
+}
+
+/* Called from the shmem startup hook, with AddinShmemInitLock held. */
+void
+tq_fair_shmem_init(void)
+{
+	HASHCTL info;
+	bool found;
+
+	fair = ShmemInitStruct("tq fair state", sizeof(FairShared), &found);
+	if (!found)
+	{
+		memset(fair, 0, sizeof(FairShared));
+		fair->lock = &(GetNamedLWLockTranche("tq fair"))->lock;
+		ConditionVariableInit(&fair->cv);
+		for (int i = 0; i < TQ_MAX_DBS; i++)
+			pg_atomic_init_u32(&fair->dbs[i].state, DB_EMPTY);
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(FairKey);
+	info.entrysize = sizeof(FairEntry);
+	fair_hash = ShmemInitHash("tq fair entries", tq_max_tenants, tq_max_tenants, &info,
+							  HASH_ELEM | HASH_BLOBS);
+}
+
+/* ------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------
+ */
+static void
+make_key(FairKey *k, const char *queue, const char *tenant, bool queue_entry)
+{
+	memset(k, 0, sizeof(FairKey));
+	k->dboid = MyDatabaseId;
+	strlcpy(k->queue, queue, NAMEDATALEN);
+	if (queue_entry)
+		k->kind = KIND_QUEUE;
+	else if (tenant == NULL)
+		k->kind = KIND_NULL_TENANT;
+	else
+	{
+		k->kind = KIND_TENANT;
+		strlcpy(k->tenant, tenant, sizeof(k->tenant));
+	}
+}
+
+static bool
+entry_idle(const FairEntry *e)
+{
+	for (int s = 0; s < NSTATES; s++)
+		if (e->count[s] != 0)
+			return false;
+	return !e->held;
+}
+
+/* Bucket content now (no change to the entry).  Caller holds the lock. */
+static double
+tokens_now(const FairEntry *e, TimestampTz now)
+{
+	double t;
+
+	if (e->rate <= 0)
+		return INFINITY;
+	t = e->tokens;
+	if (now > e->tokens_at)
+		t += (double) (now - e->tokens_at) / USECS_PER_SEC * e->rate;
+	return Min(t, e->burst);
+}
+
+/* Claims the entry would allow now.  Caller holds the lock. */
+static double
+room_now(const FairEntry *e, TimestampTz now)
+{
+	double room = INFINITY;
+
+	if (e->concurrency >= 0)
+		room = (double) (e->concurrency - e->count[ST_RUNNING]);
+	if (e->rate > 0)
+		room = Min(room, floor(tokens_now(e, now)));
+	return room;
+}
+
+static void
+take_token(FairEntry *e, TimestampTz now)
+{
+	if (e->rate <= 0)
+		return;
+	e->tokens = tokens_now(e, now) - 1.0;
+	e->tokens_at = now;
+}
+
+/* Smoothed claims per second, for retry-after estimates. */
+static void
+count_lease(FairEntry *e, TimestampTz now)
+{
+	double secs;
+
+	e->leased++;
+	if (e->rate_at == 0)
+	{
+		e->rate_at = now;
+		e->rate_leased = e->leased;
+		return;
+	}
+	secs = (double) (now - e->rate_at) / USECS_PER_SEC;
+	if (secs >= 1.0)
+	{
+		double r = (double) (e->leased - e->rate_leased) / secs;
+
+		e->lease_rate = e->lease_rate > 0 ? 0.5 * e->lease_rate + 0.5 * r : r;
+		e->rate_at = now;
+		e->rate_leased = e->leased;
+	}
+}
+
+/* Claims per second, decayed for the time since the last claim. */
+static double
+drain_rate(const FairEntry *e, TimestampTz now)
+{
+	double idle;
+
+	if (e->rate_at == 0 || e->lease_rate <= 0)
+		return 0;
+	idle = (double) (now - e->rate_at) / USECS_PER_SEC;
+	return idle > 60 ? 0 : e->lease_rate;
+}
+
+static void
+log_full(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool say;
+
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	say = TimestampDifferenceExceeds(fair->last_full_log, now, 60 * 1000);
+	if (say)
+		fair->last_full_log = now;
+	LWLockRelease(fair->lock);
+	if (say)
+		ereport(LOG, (errmsg("tq: all %d fair-dispatch entries are in use", tq_max_tenants),
+					  errdetail("Tenants without an entry are served at the queue's virtual "
+								"time, without their own share, quotas or rate limits."),
+					  errhint("Raise tq.max_tenants (needs a restart).")));
+}
+
+/*
+ * Evicts idle tenant entries to make room.  Caller holds the lock
+ * exclusively.  Scans at most once a second while nothing is evictable.
+ */
+static void
+evict_idle(TimestampTz now)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	if (!TimestampDifferenceExceeds(fair->last_evict_scan, now, 1000))
+		return;
+	fair->last_evict_scan = now;
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.kind != KIND_QUEUE && entry_idle(e))
+			hash_search(fair_hash, &e->key, HASH_REMOVE, NULL);
+}
+
+/*
+ * Finds or makes an entry.  Caller holds the lock exclusively.  New
+ * entries start with default policy, not loaded.  NULL when the table is
+ * full (caller degrades).
+ */
+static FairEntry *
+enter(const FairKey *k, TimestampTz now, bool *full)
+{
+	FairEntry *e;
+	bool found;
+
+	e = hash_search(fair_hash, k, HASH_FIND, NULL);
+	if (e != NULL)
+		return e;
+	if (hash_get_num_entries(fair_hash) >= tq_max_tenants)
+		evict_idle(now);
+	if (hash_get_num_entries(fair_hash) >= tq_max_tenants)
+	{
+		*full = true;
+		return NULL;
+	}
+	e = hash_search(fair_hash, k, HASH_ENTER_NULL, &found);
+	if (e == NULL)
+	{
+		*full = true;
+		return NULL;
+	}
+	if (!found)
+	{
+		memset(((char *) e) + sizeof(FairKey), 0, sizeof(FairEntry) - sizeof(FairKey));
+		e->weight = 1.0;
+		e->concurrency = -1;
+		e->backlog_limit = -1;
+		e->aging = 1e6;
+		e->tokens_at = now;
+	}
+	return e;
+}
+
+/* ------------------------------------------------------------------------
+ * Policy: read with SPI, outside the lock
+ * ------------------------------------------------------------------------
+ */
+typedef struct Policy
+{
+	bool exists;
+	double weight, rate, burst, aging;
+	int64 concurrency, backlog_limit;
+} Policy;
+
+static double
+getf8(HeapTuple tup, TupleDesc td, int col, double dflt)
+{
+	bool isnull;
+	Datum d = SPI_getbinval(tup, td, col, &isnull);
+
+	return isnull ? dflt : DatumGetFloat8(d);
+}
+
+static int64
+geti8(HeapTuple tup, TupleDesc td, int col, int64 dflt)
+{
+	bool isnull;
+	Datum d = SPI_getbinval(tup, td, col, &isnull);
+
+	return isnull ? dflt : DatumGetInt64(d);
+}
+
+/* Reads the policy of a queue (tenant_kind false) or of a tenant. */
+static void
+read_policy(const FairKey *k, Policy *p)
+{
+	Oid types[2] = {TEXTOID, TEXTOID};
+	Datum vals[2];
+	int ret;
+
+	memset(p, 0, sizeof(Policy));
+	p->weight = 1.0;
+	p->concurrency = -1;
+	p->backlog_limit = -1;
+	p->aging = 1e6;
+	if (k->kind == KIND_NULL_TENANT)
+		return;
+	vals[0] = CStringGetTextDatum(k->queue);
+	vals[1] = CStringGetTextDatum(k->tenant);
+	SPI_connect();
+	if (k->kind == KIND_QUEUE)
+		ret = SPI_execute_with_args(
+			"SELECT 1.0::float8, rate_per_sec::float8, burst::float8, concurrency::int8,"
+			" backlog_limit::int8, priority_aging::float8 FROM tq.queue WHERE name = $1",
+			1, types, vals, NULL, true, 1);
+	else
+		ret = SPI_execute_with_args(
+			"SELECT weight::float8, rate_per_sec::float8, burst::float8, concurrency::int8,"
+			" backlog_limit::int8, NULL::float8 FROM tq.tenant WHERE queue = $1 AND tenant = $2",
+			2, types, vals, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "tq: reading policy failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 1)
+	{
+		HeapTuple t = SPI_tuptable->vals[0];
+		TupleDesc td = SPI_tuptable->tupdesc;
+
+		p->exists = true;
+		p->weight = getf8(t, td, 1, 1.0);
+		p->rate = getf8(t, td, 2, 0);
+		p->burst = getf8(t, td, 3, 0);
+		p->concurrency = geti8(t, td, 4, -1);
+		p->backlog_limit = geti8(t, td, 5, -1);
+		p->aging = getf8(t, td, 6, 1e6);
+		if (p->rate > 0 && p->burst < 1)
+			p->burst = Max(1.0, p->rate);
+	}
+	SPI_finish();
+}
+
+/* Copies a policy into an entry.  Caller holds the lock. */
+static void
+apply_policy(FairEntry *e, const Policy *p, TimestampTz now)
+{
+	bool bucket_new = e->rate <= 0 && p->rate > 0;
+
+	e->weight = p->weight > 0 ? p->weight : 1.0;
+	e->rate = p->rate;
+	e->burst = p->burst;
+	e->concurrency = p->concurrency;
+	e->backlog_limit = p->backlog_limit;
+	e->aging = p->aging;
+	if (bucket_new)
+	{
+		e->tokens = p->burst;
+		e->tokens_at = now;
+	}
+	else if (e->rate > 0)
+	{
+		e->tokens = Min(tokens_now(e, now), e->burst);
+		e->tokens_at = now;
+	}
+	e->policy_loaded = true;
+}
+
+/* ------------------------------------------------------------------------
+ * Backend-local accounting
+ * ------------------------------------------------------------------------
+ */
+typedef struct LocalKey
+{
+	FairKey fk;
+	SubTransactionId subid;
+} LocalKey;
+
+typedef struct LocalAcct
+{
+	LocalKey key;
+	int64 applied[NSTATES];  /* increments made; undone on abort */
+	int64 deferred[NSTATES]; /* decrements to make at commit */
+	bool set_held;           /* tenant parked tasks: mark held at commit */
+} LocalAcct;
+
+static HTAB *local_acct = NULL;
+static bool local_callbacks = false;
+
+/*
+ * Policies this transaction changed: their entries re-read the tables at
+ * once (so the transaction sees its change) and again when it ends, commit
+ * or abort (so nobody keeps a policy read in between: the old one by a
+ * concurrent session, or this transaction's rolled-back one).
+ */
+#define MAX_PENDING_INVAL 64
+static FairKey pending_inval[MAX_PENDING_INVAL];
+static int npending_inval = 0;
+static bool pending_inval_all = false;
+static int64 parked_in_xact = 0; /* for tq.take_parked */
+
+static void fair_xact_callback(XactEvent event, void *arg);
+static void fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								  SubTransactionId parentSubid, void *arg);
+
+static LocalAcct *
+local_slot(const FairKey *fk)
+{
+	LocalKey lk;
+	bool found;
+	LocalAcct *a;
+
+	if (!local_callbacks)
+	{
+		RegisterXactCallback(fair_xact_callback, NULL);
+		RegisterSubXactCallback(fair_subxact_callback, NULL);
+		local_callbacks = true;
+	}
+	if (local_acct == NULL)
+	{
+		HASHCTL info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = sizeof(LocalKey);
+		info.entrysize = sizeof(LocalAcct);
+		info.hcxt = TopMemoryContext;
+		local_acct =
+			hash_create("tq local accounting", 16, &info, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	memset(&lk, 0, sizeof(lk));
+	lk.fk = *fk;
+	lk.subid = GetCurrentSubTransactionId();
+	a = hash_search(local_acct, &lk, HASH_ENTER, &found);
+	if (!found)
+	{
+		memset(a->applied, 0, sizeof(a->applied));
+		memset(a->deferred, 0, sizeof(a->deferred));
+		a->set_held = false;
+	}
+	return a;
+}
+
+/* Marks entries for a policy re-read.  Caller holds the lock exclusively. */
+static void
+invalidate(const FairKey *k)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	if (k->kind == KIND_QUEUE)
+	{
+		/* A queue created, altered or dropped: all its entries re-read. */
+		hash_seq_init(&seq, fair_hash);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->key.dboid == k->dboid && strcmp(e->key.queue, k->queue) == 0)
+				e->policy_loaded = false;
+	}
+	else if ((e = hash_search(fair_hash, k, HASH_FIND, NULL)) != NULL)
+		e->policy_loaded = false;
+}
+
+/* At transaction end: re-read the policies the transaction touched. */
+static void
+settle_invalidations(void)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	if (fair == NULL || (npending_inval == 0 && !pending_inval_all))
+		return;
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	if (pending_inval_all)
+	{
+		hash_seq_init(&seq, fair_hash);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (e->key.dboid == MyDatabaseId)
+				e->policy_loaded = false;
+	}
+	else
+		for (int i = 0; i < npending_inval; i++)
+			invalidate(&pending_inval[i]);
+	LWLockRelease(fair->lock);
+	npending_inval = 0;
+	pending_inval_all = false;
+}
+
+static void
+local_reset(void)
+{
+	if (local_acct != NULL)
+	{
+		hash_destroy(local_acct);
+		local_acct = NULL;
+	}
+	parked_in_xact = 0;
+}
+
+/*
+ * Applies (commit) or undoes (abort) the accounting in the local slots
+ * selected by subid (InvalidSubTransactionId: all).  Must not fail.
+ */
+static void
+settle(bool commit, SubTransactionId subid)
+{
+	HASH_SEQ_STATUS seq;
+	LocalAcct *a;
+	bool wake = false;
+	Latch *latch = NULL;
+	TimestampTz now;
+
+	if (local_acct == NULL || fair == NULL)
+		return;
+	now = GetCurrentTimestamp();
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, local_acct);
+	while ((a = hash_seq_search(&seq)) != NULL)
+	{
+		FairEntry *e;
+
+		if (subid != InvalidSubTransactionId && a->key.subid != subid)
+			continue;
+		e = hash_search(fair_hash, &a->key.fk, HASH_FIND, NULL);
+		if (e != NULL)
+		{
+			for (int s = 0; s < NSTATES; s++)
+			{
+				int64 d = commit ? -a->deferred[s] : -a->applied[s];
+
+				e->count[s] = Max(e->count[s] + d, 0);
+			}
+			if (commit && a->set_held)
+			{
+				if (!e->held)
+					fair->nheld++;
+				e->held = true;
+				e->held_gen++;
+				wake = true;
+			}
+			if (commit && e->held && a->deferred[ST_RUNNING] > 0 && room_now(e, now) >= 1)
+				wake = true;
+		}
+		if (subid != InvalidSubTransactionId)
+			hash_search(local_acct, &a->key, HASH_REMOVE, NULL);
+	}
+	LWLockRelease(fair->lock);
+
+	if (wake && tq_shared != NULL)
+	{
+		LWLockAcquire(tq_shared->lock, LW_SHARED);
+		if (tq_shared->worker_dboid == MyDatabaseId)
+			latch = tq_shared->worker_latch;
+		LWLockRelease(tq_shared->lock);
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+}
+
+static void
+fair_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (local_acct != NULL && hash_get_num_entries(local_acct) > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that changed tq tasks"),
+						 errdetail("tq keeps its counters and quotas in shared memory, settled "
+								   "when the changing transaction commits."),
+						 errhint("Submit and finish tasks outside two-phase transactions.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			settle(true, InvalidSubTransactionId);
+			settle_invalidations();
+			local_reset();
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			settle(false, InvalidSubTransactionId);
+			settle_invalidations();
+			local_reset();
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+					  void *arg)
+{
+	HASH_SEQ_STATUS seq;
+	LocalAcct *a;
+
+	if (local_acct == NULL)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		settle(false, mySubid);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		/* Hand the slots to the parent (merging). */
+		List *moved = NIL;
+		ListCell *lc;
+
+		hash_seq_init(&seq, local_acct);
+		while ((a = hash_seq_search(&seq)) != NULL)
+			if (a->key.subid == mySubid)
+			{
+				LocalAcct *copy = MemoryContextAlloc(TopTransactionContext, sizeof(LocalAcct));
+
+				memcpy(copy, a, sizeof(LocalAcct));
+				moved = lappend(moved, copy);
+			}
+		foreach (lc, moved)
+		{
+			LocalAcct *c = lfirst(lc);
+			LocalAcct *p;
+			bool found;
+
+			hash_search(local_acct, &c->key, HASH_REMOVE, NULL);
+			c->key.subid = parentSubid;
+			p = hash_search(local_acct, &c->key, HASH_ENTER, &found);
+			if (!found)
+			{
+				memset(p->applied, 0, sizeof(p->applied));
+				memset(p->deferred, 0, sizeof(p->deferred));
+				p->set_held = false;
+			}
+			for (int s = 0; s < NSTATES; s++)
+			{
+				p->applied[s] += c->applied[s];
+				p->deferred[s] += c->deferred[s];
+			}
+			p->set_held |= c->set_held;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Rebuild from tq.task
+ * ------------------------------------------------------------------------
+ */
+static FairDb *
+my_db(bool create)
+{
+	FairDb *freeslot = NULL;
+
+	for (int i = 0; i < TQ_MAX_DBS; i++)
+	{
+		if (fair->dbs[i].dboid == MyDatabaseId)
+			return &fair->dbs[i];
+		if (fair->dbs[i].dboid == InvalidOid && freeslot == NULL)
+			freeslot = &fair->dbs[i];
+	}
+	if (!create)
+		return NULL;
+	if (freeslot == NULL)
+		return NULL;
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < TQ_MAX_DBS; i++)
+		if (fair->dbs[i].dboid == MyDatabaseId)
+		{
+			LWLockRelease(fair->lock);
+			return &fair->dbs[i];
+		}
+	if (freeslot->dboid != InvalidOid)
+	{
+		LWLockRelease(fair->lock);
+		return my_db(true);
+	}
+	freeslot->dboid = MyDatabaseId;
+	pg_atomic_write_u32(&freeslot->state, DB_EMPTY);
+	LWLockRelease(fair->lock);
+	return freeslot;
+}
+
+/* Removes every entry of this database.  Caller holds the lock. */
+static void
+drop_db_entries(void)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.dboid == MyDatabaseId)
+		{
+			if (e->held)
+				fair->nheld--;
+			hash_search(fair_hash, &e->key, HASH_REMOVE, NULL);
+		}
+}
+
+typedef struct RebuildRow
+{
+	FairKey key;
+	int state;
+	int64 n;
+	double maxkey;
+	bool has_max;
+	double minkey;
+	bool has_min;
+} RebuildRow;
+
+static void
+rebuild(void)
+{
+	int ret;
+	List *rows = NIL;
+	ListCell *lc;
+	TimestampTz now = GetCurrentTimestamp();
+	bool full = false;
+	MemoryContext oldcxt = CurrentMemoryContext;
+	MemoryContext spicxt;
+
+	SPI_connect();
+	spicxt = CurrentMemoryContext;
+	ret = SPI_execute("SELECT queue, tenant, state::text, count(*)::int8,"
+					  " max(vkey)::float8, min(vkey)::float8"
+					  " FROM tq.task GROUP BY 1, 2, 3",
+					  true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "tq: rebuilding shared state failed: %s", SPI_result_code_string(ret));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple t = SPI_tuptable->vals[i];
+		TupleDesc td = SPI_tuptable->tupdesc;
+		char *queue = SPI_getvalue(t, td, 1);
+		char *tenant = SPI_getvalue(t, td, 2);
+		char *state = SPI_getvalue(t, td, 3);
+		RebuildRow *r;
+		bool isnull;
+		Datum d;
+
+		r = MemoryContextAllocZero(oldcxt, sizeof(RebuildRow));
+		make_key(&r->key, queue, tenant, false);
+		r->state = -1;
+		for (int s = 0; s < NSTATES; s++)
+			if (strcmp(state, state_names[s]) == 0)
+				r->state = s;
+		r->n = DatumGetInt64(SPI_getbinval(t, td, 4, &isnull));
+		d = SPI_getbinval(t, td, 5, &isnull);
+		r->has_max = !isnull;
+		r->maxkey = isnull ? 0 : DatumGetFloat8(d);
+		d = SPI_getbinval(t, td, 6, &isnull);
+		r->has_min = !isnull;
+		r->minkey = isnull ? 0 : DatumGetFloat8(d);
+		MemoryContextSwitchTo(oldcxt);
+		rows = lappend(rows, r);
+		MemoryContextSwitchTo(spicxt);
+	}
+	SPI_finish();
+
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	drop_db_entries();
+	foreach (lc, rows)
+	{
+		RebuildRow *r = lfirst(lc);
+		FairKey qk;
+		FairEntry *qe;
+		FairEntry *te;
+
+		if (r->state < 0)
+			continue;
+		make_key(&qk, r->key.queue, NULL, true);
+		qe = enter(&qk, now, &full);
+		te = enter(&r->key, now, &full);
+		if (qe != NULL)
+		{
+			qe->count[r->state] += r->n;
+			/* V: the highest key claimed (running), else the lowest ready. */
+			if (r->state == ST_RUNNING && r->has_max)
+				qe->vclock = Max(qe->vclock, r->maxkey);
+		}
+		if (te != NULL)
+		{
+			te->count[r->state] += r->n;
+			if (r->has_max)
+				te->vclock = Max(te->vclock, r->maxkey + 1.0);
+			if (r->state == ST_PAUSED && !te->held)
+			{
+				te->held = true;
+				te->held_gen++;
+				fair->nheld++;
+			}
+		}
+	}
+	foreach (lc, rows)
+	{
+		RebuildRow *r = lfirst(lc);
+		FairKey qk;
+		FairEntry *qe;
+
+		make_key(&qk, r->key.queue, NULL, true);
+		qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
+		if (qe != NULL && qe->count[ST_RUNNING] == 0 && r->state == ST_READY && r->has_min &&
+			(qe->vclock == 0 || r->minkey < qe->vclock))
+			qe->vclock = r->minkey;
+	}
+	LWLockRelease(fair->lock);
+	if (full)
+		log_full();
+}
+
+/*
+ * Makes sure this database's entries reflect tq.task.  The fast path is
+ * one atomic read.
+ */
+static void
+ensure_ready(void)
+{
+	FairDb *db;
+
+	if (fair == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("tq's shared memory is not initialised"),
+						errhint("Load tq through shared_preload_libraries.")));
+	db = my_db(true);
+	if (db == NULL)
+		ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+						errmsg("tq serves at most %d databases per server", TQ_MAX_DBS)));
+	if (pg_atomic_read_u32(&db->state) == DB_READY)
+		return;
+
+	for (;;)
+	{
+		bool mine = false;
+
+		LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+		if (pg_atomic_read_u32(&db->state) == DB_READY)
+		{
+			LWLockRelease(fair->lock);
+			break;
+		}
+		if (pg_atomic_read_u32(&db->state) == DB_EMPTY)
+		{
+			pg_atomic_write_u32(&db->state, DB_BUILDING);
+			mine = true;
+		}
+		LWLockRelease(fair->lock);
+
+		if (mine)
+		{
+			PG_TRY();
+			{
+				rebuild();
+			}
+			PG_CATCH();
+			{
+				pg_atomic_write_u32(&db->state, DB_EMPTY);
+				ConditionVariableBroadcast(&fair->cv);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+			pg_atomic_write_u32(&db->state, DB_READY);
+			ConditionVariableBroadcast(&fair->cv);
+			break;
+		}
+		ConditionVariablePrepareToSleep(&fair->cv);
+		while (pg_atomic_read_u32(&db->state) == DB_BUILDING)
+			ConditionVariableTimedSleep(&fair->cv, 100, PG_WAIT_EXTENSION);
+		ConditionVariableCancelSleep();
+	}
+}
+
+/*
+ * Finds the queue and tenant entries for a row, loading their policies
+ * with SPI where needed.  On return the lock is held exclusively; either
+ * entry may be NULL (table full).
+ */
+static void
+lock_entries(const char *queue, const char *tenant, bool want_tenant, FairEntry **qe,
+			 FairEntry **te, TimestampTz now)
+{
+	FairKey qk, tk;
+	bool full = false;
+	Policy qp, tp;
+	bool need_q, need_t;
+
+	make_key(&qk, queue, NULL, true);
+	make_key(&tk, queue, tenant, false);
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	*qe = enter(&qk, now, &full);
+	*te = want_tenant ? enter(&tk, now, &full) : NULL;
+	need_q = *qe != NULL && !(*qe)->policy_loaded;
+	need_t = *te != NULL && !(*te)->policy_loaded;
+	if (!need_q && !need_t)
+	{
+		if (full)
+		{
+			LWLockRelease(fair->lock);
+			log_full();
+			LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+			*qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
+			*te = want_tenant ? hash_search(fair_hash, &tk, HASH_FIND, NULL) : NULL;
+		}
+		return;
+	}
+	LWLockRelease(fair->lock);
+	if (need_q)
+		read_policy(&qk, &qp);
+	if (need_t)
+		read_policy(&tk, &tp);
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	*qe = enter(&qk, now, &full);
+	*te = want_tenant ? enter(&tk, now, &full) : NULL;
+	if (need_q && *qe != NULL && !(*qe)->policy_loaded)
+		apply_policy(*qe, &qp, now);
+	if (need_t && *te != NULL && !(*te)->policy_loaded)
+		apply_policy(*te, &tp, now);
+}
+
+/* ------------------------------------------------------------------------
+ * The trigger
+ * ------------------------------------------------------------------------
+ */
+typedef struct TaskCols
+{
+	Oid relid;
+	int att_state, att_queue, att_tenant, att_priority, att_vkey;
+	Oid state_oid[NSTATES];
+} TaskCols;
+
+static TaskCols cols;
+
+static void
+init_cols(Relation rel)
+{
+	TupleDesc td = RelationGetDescr(rel);
+	Oid enumtype;
+
+	if (cols.relid == RelationGetRelid(rel))
+		return;
+	cols.att_state = SPI_fnumber(td, "state");
+	cols.att_queue = SPI_fnumber(td, "queue");
+	cols.att_tenant = SPI_fnumber(td, "tenant");
+	cols.att_priority = SPI_fnumber(td, "priority");
+	cols.att_vkey = SPI_fnumber(td, "vkey");
+	if (cols.att_state <= 0 || cols.att_queue <= 0 || cols.att_tenant <= 0 ||
+		cols.att_priority <= 0 || cols.att_vkey <= 0)
+		elog(ERROR, "tq.task_row: table \"%s\" lacks a column of tq.task",
+			 RelationGetRelationName(rel));
+	enumtype = TupleDescAttr(td, cols.att_state - 1)->atttypid;
+	for (int s = 0; s < NSTATES; s++)
+	{
+		cols.state_oid[s] =
+			GetSysCacheOid2(ENUMTYPOIDNAME, Anum_pg_enum_oid, ObjectIdGetDatum(enumtype),
+							CStringGetDatum(state_names[s]));
+		if (!OidIsValid(cols.state_oid[s]))
+			elog(ERROR, "tq.task_row: state type lacks label \"%s\"", state_names[s]);
+	}
+	cols.relid = RelationGetRelid(rel);
+}
+
+static int
+row_state(HeapTuple tup, TupleDesc td)
+{
+	bool isnull;
+	Oid v = DatumGetObjectId(heap_getattr(tup, cols.att_state, td, &isnull));
+
+	if (isnull)
+		return -1;
+	for (int s = 0; s < NSTATES; s++)
+		if (cols.state_oid[s] == v)
+			return s;
+	return -1;
+}
+
+static char *
+row_text(HeapTuple tup, TupleDesc td, int att)
+{
+	bool isnull;
+	Datum d = heap_getattr(tup, att, td, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/*
+ * Back-pressure: refuse a new queued task past the queue's or the
+ * tenant's backlog_limit.  Called with the lock held; releases it before
+ * raising.
+ */
+static void
+check_backlog(FairEntry *qe, FairEntry *te, const char *queue, const char *tenant, TimestampTz now)
+{
+	FairEntry *over = NULL;
+	int64 have = 0, limit = 0;
+	double rate = 0;
+	double secs;
+
+	for (int i = 0; i < 2 && over == NULL; i++)
+	{
+		FairEntry *e = i == 0 ? qe : te;
+		int64 backlog;
+
+		if (e == NULL || e->backlog_limit < 0)
+			continue;
+		backlog = e->count[ST_SCHEDULED] + e->count[ST_READY] + e->count[ST_PAUSED];
+		if (backlog + 1 > e->backlog_limit)
+		{
+			over = e;
+			have = backlog;
+			limit = e->backlog_limit;
+			rate = drain_rate(e, now);
+		}
+	}
+	if (over == NULL)
+		return;
+	LWLockRelease(fair->lock);
+	secs = rate > 0 ? ceil((double) (have + 1 - limit) / rate) : 0;
+	if (over == qe)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("queue \"%s\" is full", queue),
+				 errdetail("The queue holds %lld queued tasks and its backlog_limit is %lld%s%s%s.",
+						   (long long) have, (long long) limit,
+						   tenant ? "; the task was for tenant \"" : "", tenant ? tenant : "",
+						   tenant ? "\"" : ""),
+				 rate > 0 ? errhint("Retry in about %.0f s (the queue drains about %.1f tasks/s), "
+									"or raise backlog_limit with tq_alter_queue.",
+									Max(secs, 1), rate)
+						  : errhint("Retry when workers have drained the queue (none is "
+									"draining it now), or raise backlog_limit with "
+									"tq_alter_queue.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("tenant \"%s\" of queue \"%s\" is full", tenant ? tenant : "(null)", queue),
+			 errdetail("The tenant holds %lld queued tasks and its backlog_limit is %lld; other "
+					   "tenants of the queue are not affected.",
+					   (long long) have, (long long) limit),
+			 rate > 0 ? errhint("Retry in about %.0f s (the tenant drains about %.1f tasks/s), "
+								"or raise its backlog_limit with tq_set_tenant.",
+								Max(secs, 1), rate)
+					  : errhint("Retry when workers have drained the tenant's tasks (none is "
+								"draining them now), or raise its backlog_limit with "
+								"tq_set_tenant.")));
+}
+
+/* The fair dispatch key of a task becoming ready.  Caller holds the lock. */
+static double
+dispatch_key(FairEntry *qe, FairEntry *te, int priority)
+{
+	double v = qe ? qe->vclock : 0;
+	/*
+	 * A tenant with no ready task starts at V: its finish time may lie
+	 * ahead for tasks that were rolled back, cancelled or paused without
+	 * being served, and must not count against it.
+	 */
+	double s = te && te->count[ST_READY] > 0 ? Max(v, te->vclock) : v;
+	double aging = qe ? qe->aging : 1e6;
+
+	if (te)
+		te->vclock = s + 1.0 / te->weight;
+	return s - (aging / 2.0) * (double) priority / (fabs((double) priority) + 1.0);
+}
+
+static void
+account(const FairEntry *e, int s, int delta)
+{
+	LocalAcct *a;
+
+	if (e == NULL || s < 0)
+		return;
+	a = local_slot(&e->key);
+	if (delta > 0)
+		a->applied[s] += delta;
+	else
+		a->deferred[s] -= delta;
+}
+
+/*
+ * tq.task_row() returns trigger
+ *
+ * BEFORE INSERT, DELETE, and UPDATE OF state (when it changes) on
+ * tq.task: counts, dispatch key, claim gate, back-pressure.  See the
+ * file header.
+ */
+Datum
+tq_task_row(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	TupleDesc desc;
+	HeapTuple oldt = NULL, newt = NULL;
+	int olds = -1, news = -1;
+	char *queue;
+	char *tenant;
+	FairEntry *qe, *te;
+	TimestampTz now;
+	bool isnull;
+	Datum vkey_d;
+	bool vkey_null = true;
+	int priority = 0;
+	enum
+	{
+		KEEP,
+		SET_KEY,
+		CLEAR_KEY,
+		PARK,
+		SKIP
+	} action = KEEP;
+	double key = 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
+		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+						errmsg("tq.task_row() must be called as a BEFORE ROW trigger")));
+	init_cols(td->tg_relation);
+	desc = RelationGetDescr(td->tg_relation);
+	if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		newt = td->tg_trigtuple;
+	else if (TRIGGER_FIRED_BY_DELETE(td->tg_event))
+		oldt = td->tg_trigtuple;
+	else
+	{
+		oldt = td->tg_trigtuple;
+		newt = td->tg_newtuple;
+	}
+	if (oldt)
+		olds = row_state(oldt, desc);
+	if (newt)
+		news = row_state(newt, desc);
+	if (olds == news)
+		return PointerGetDatum(newt ? newt : oldt);
+
+	ensure_ready();
+	queue = row_text(newt ? newt : oldt, desc, cols.att_queue);
+	tenant = row_text(newt ? newt : oldt, desc, cols.att_tenant);
+	if (newt)
+	{
+		vkey_d = heap_getattr(newt, cols.att_vkey, desc, &vkey_null);
+		priority = DatumGetInt16(heap_getattr(newt, cols.att_priority, desc, &isnull));
+		if (isnull)
+			priority = 0;
+	}
+	now = GetCurrentTimestamp();
+	lock_entries(queue, tenant, true, &qe, &te, now);
+
+	if (olds == ST_READY && news == ST_RUNNING)
+	{
+		/* The claim gate. */
+		if ((qe && room_now(qe, now) < 1))
+			action = SKIP;
+		else if (te && room_now(te, now) < 1)
+			action = PARK;
+		else
+		{
+			if (qe)
+			{
+				take_token(qe, now);
+				count_lease(qe, now);
+			}
+			if (te)
+			{
+				take_token(te, now);
+				count_lease(te, now);
+			}
+			vkey_d = heap_getattr(oldt, cols.att_vkey, desc, &isnull);
+			if (qe && !isnull)
+				qe->vclock = Max(qe->vclock, DatumGetFloat8(vkey_d));
+		}
+	}
+	else if (news == ST_READY && vkey_null)
+	{
+		action = SET_KEY;
+		key = dispatch_key(qe, te, priority);
+	}
+	else if ((news == ST_SCHEDULED || news == ST_PAUSED) && !vkey_null)
+		action = CLEAR_KEY;
+
+	if (!oldt && news >= 0 && news != ST_RUNNING)
+		check_backlog(qe, te, queue, tenant, now); /* releases the lock if it raises */
+
+	if (action == SKIP)
+	{
+		LWLockRelease(fair->lock);
+		return PointerGetDatum(NULL);
+	}
+	if (action == PARK)
+	{
+		news = ST_PAUSED;
+		/* counted below; shared counts first, local accounting after */
+	}
+	for (int pass = 0; pass < 2; pass++)
+	{
+		FairEntry *e = pass == 0 ? qe : te;
+
+		if (e == NULL)
+			continue;
+		if (news >= 0)
+			e->count[news]++;
+	}
+	LWLockRelease(fair->lock);
+
+	/* Local accounting (allocates; outside the lock). */
+	account(qe, news, 1);
+	account(te, news, 1);
+	account(qe, olds, -1);
+	account(te, olds, -1);
+
+	if (action == PARK)
+	{
+		Datum v = ObjectIdGetDatum(cols.state_oid[ST_PAUSED]);
+		bool n = false;
+		int c = cols.att_state;
+
+		if (te)
+			local_slot(&te->key)->set_held = true;
+		parked_in_xact++;
+		return PointerGetDatum(heap_modify_tuple_by_cols(oldt, desc, 1, &c, &v, &n));
+	}
+	if (action == SET_KEY || action == CLEAR_KEY)
+	{
+		Datum v = Float8GetDatum(key);
+		bool n = action == CLEAR_KEY;
+		int c = cols.att_vkey;
+
+		return PointerGetDatum(heap_modify_tuple_by_cols(newt, desc, 1, &c, &v, &n));
+	}
+	return PointerGetDatum(newt ? newt : oldt);
+}
+
+/* ------------------------------------------------------------------------
+ * SQL-callable helpers
+ * ------------------------------------------------------------------------
+ */
+
+/*
+ * tq.lease_room(queue text, want integer) returns integer
+ *
+ * How many tasks the queue's own limits (concurrency, bucket) let a lease
+ * claim now, at most want.  0 means tq_lease need not scan the queue.
+ */
+Datum
+tq_lease_room(PG_FUNCTION_ARGS)
+{
+	char *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int32 want = PG_GETARG_INT32(1);
+	FairEntry *qe, *te;
+	double room;
+	TimestampTz now = GetCurrentTimestamp();
+
+	ensure_ready();
+	lock_entries(queue, NULL, false, &qe, &te, now);
+	room = qe ? room_now(qe, now) : INFINITY;
+	LWLockRelease(fair->lock);
+	if (room < 0)
+		room = 0;
+	PG_RETURN_INT32(room < want ? (int32) room : want);
+}
+
+/* tq.take_parked() returns bigint: tasks parked by this transaction's claims since the last call. */
+Datum
+tq_take_parked(PG_FUNCTION_ARGS)
+{
+	int64 n = parked_in_xact;
+
+	parked_in_xact = 0;
+	PG_RETURN_INT64(n);
+}
+
+/*
+ * tq.held_work() returns setof (queue text, tenant text, room integer, gen bigint)
+ *
+ * Tenants of this database with parked tasks and room to run some now.
+ */
+Datum
+tq_held_work(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+	TimestampTz now = GetCurrentTimestamp();
+	typedef struct
+	{
+		FairKey k;
+		double room;
+		uint32 gen;
+	} Item;
+	Item *items;
+	int n = 0, cap;
+
+	ensure_ready();
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	cap = fair->nheld + 1;
+	LWLockRelease(fair->lock);
+	items = palloc(sizeof(Item) * cap);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	if (fair->nheld > 0)
+	{
+		hash_seq_init(&seq, fair_hash);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			double room;
+
+			if (!e->held || e->key.dboid != MyDatabaseId)
+				continue;
+			room = room_now(e, now);
+			if (room < 1)
+				continue;
+			if (n == cap)
+			{
+				hash_seq_term(&seq);
+				break; /* the rest on the next pass */
+			}
+			items[n].k = e->key;
+			items[n].room = Min(room, 10000);
+			items[n].gen = e->held_gen;
+			n++;
+		}
+	}
+	LWLockRelease(fair->lock);
+	for (int i = 0; i < n; i++)
+	{
+		Datum v[4];
+		bool nulls[4] = {0};
+
+		v[0] = CStringGetTextDatum(items[i].k.queue);
+		v[1] = CStringGetTextDatum(items[i].k.tenant);
+		nulls[1] = items[i].k.kind != KIND_TENANT;
+		v[2] = Int32GetDatum((int32) items[i].room);
+		v[3] = Int64GetDatum(items[i].gen);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* tq.held_done(queue, tenant, gen): no parked task left, unless parked since gen. */
+Datum
+tq_held_done(PG_FUNCTION_ARGS)
+{
+	FairKey k;
+	FairEntry *e;
+
+	make_key(&k, text_to_cstring(PG_GETARG_TEXT_PP(0)),
+			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), false);
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	e = hash_search(fair_hash, &k, HASH_FIND, NULL);
+	if (e != NULL && e->held && e->held_gen == (uint32) PG_GETARG_INT64(2))
+	{
+		e->held = false;
+		fair->nheld--;
+	}
+	LWLockRelease(fair->lock);
+	PG_RETURN_VOID();
+}
+
+/*
+ * tq.held_next() returns double precision
+ *
+ * Seconds until a held tenant of this database has room again because its
+ * bucket refills (0 if one has room now; NULL if none is waiting on a
+ * bucket).  Quota room is signalled by commits instead.
+ */
+Datum
+tq_held_next(PG_FUNCTION_ARGS)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+	TimestampTz now = GetCurrentTimestamp();
+	double best = INFINITY;
+
+	if (fair == NULL)
+		PG_RETURN_NULL();
+	LWLockAcquire(fair->lock, LW_SHARED);
+	if (fair->nheld > 0)
+	{
+		hash_seq_init(&seq, fair_hash);
+		while ((e = hash_seq_search(&seq)) != NULL)
+		{
+			double wait;
+
+			if (!e->held || e->key.dboid != MyDatabaseId)
+				continue;
+			if (e->concurrency >= 0 && e->count[ST_RUNNING] >= e->concurrency)
+				continue;
+			if (e->rate <= 0)
+				wait = 0;
+			else
+			{
+				double t = tokens_now(e, now);
+
+				wait = t >= 1 ? 0 : (1.0 - t) / e->rate;
+			}
+			best = Min(best, wait);
+		}
+	}
+	LWLockRelease(fair->lock);
+	if (isinf(best))
+		PG_RETURN_NULL();
+	PG_RETURN_FLOAT8(best);
+}
+
+/*
+ * tq.shared_counts() returns setof record
+ *
+ * Every entry of this database: (queue, tenant, is_queue, scheduled,
+ * ready, paused, running, leased, lease_rate, held, weight, rate, burst,
+ * concurrency, backlog_limit, vclock, tokens).
+ */
+Datum
+tq_shared_counts(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+	FairEntry *copy;
+	int n = 0, cap;
+	TimestampTz now = GetCurrentTimestamp();
+
+	ensure_ready();
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	cap = hash_get_num_entries(fair_hash) + 1;
+	LWLockRelease(fair->lock);
+	copy = palloc(sizeof(FairEntry) * cap);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dboid != MyDatabaseId)
+			continue;
+		if (n == cap)
+		{
+			hash_seq_term(&seq);
+			break;
+		}
+		copy[n++] = *e;
+	}
+	LWLockRelease(fair->lock);
+	for (int i = 0; i < n; i++)
+	{
+		Datum v[17];
+		bool nulls[17] = {0};
+		FairEntry *c = &copy[i];
+
+		v[0] = CStringGetTextDatum(c->key.queue);
+		v[1] = CStringGetTextDatum(c->key.tenant);
+		nulls[1] = c->key.kind != KIND_TENANT;
+		v[2] = BoolGetDatum(c->key.kind == KIND_QUEUE);
+		for (int s = 0; s < NSTATES; s++)
+			v[3 + s] = Int64GetDatum(c->count[s]);
+		v[7] = Int64GetDatum(c->leased);
+		v[8] = Float8GetDatum(drain_rate(c, now));
+		v[9] = BoolGetDatum(c->held);
+		v[10] = Float8GetDatum(c->weight);
+		v[11] = Float8GetDatum(c->rate);
+		nulls[11] = c->rate <= 0;
+		v[12] = Float8GetDatum(c->burst);
+		nulls[12] = c->rate <= 0;
+		v[13] = Int64GetDatum(c->concurrency);
+		nulls[13] = c->concurrency < 0;
+		v[14] = Int64GetDatum(c->backlog_limit);
+		nulls[14] = c->backlog_limit < 0;
+		v[15] = Float8GetDatum(c->vclock);
+		v[16] = Float8GetDatum(c->rate > 0 ? tokens_now(c, now) : 0);
+		nulls[16] = c->rate <= 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * tq.policy_changed(queue text, tenant text, is_queue boolean) returns void
+ *
+ * The queue's or tenant's policy row changed: the entry re-reads it on
+ * next use.  Marked at once; a rolled-back change is re-read as it was.
+ */
+Datum
+tq_policy_changed(PG_FUNCTION_ARGS)
+{
+	FairKey k;
+
+	if (fair == NULL || PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	make_key(&k, text_to_cstring(PG_GETARG_TEXT_PP(0)),
+			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), PG_GETARG_BOOL(2));
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	invalidate(&k);
+	LWLockRelease(fair->lock);
+	if (!local_callbacks)
+	{
+		RegisterXactCallback(fair_xact_callback, NULL);
+		RegisterSubXactCallback(fair_subxact_callback, NULL);
+		local_callbacks = true;
+	}
+	if (npending_inval < MAX_PENDING_INVAL)
+		pending_inval[npending_inval++] = k;
+	else
+		pending_inval_all = true;
+	PG_RETURN_VOID();
+}
+
+/* tq.reset_shared() returns void: this database's entries are rebuilt on next use. */
+Datum
+tq_reset_shared(PG_FUNCTION_ARGS)
+{
+	FairDb *db;
+
+	if (fair == NULL)
+		PG_RETURN_VOID();
+	db = my_db(true);
+	if (db == NULL)
+		PG_RETURN_VOID();
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	drop_db_entries();
+	if (pg_atomic_read_u32(&db->state) == DB_READY)
+		pg_atomic_write_u32(&db->state, DB_EMPTY);
+	LWLockRelease(fair->lock);
+	cols.relid = InvalidOid;
+	PG_RETURN_VOID();
+}
