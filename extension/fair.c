@@ -73,7 +73,8 @@
  * Locking protocol.  fair_lock (an LWLock of tranche "tq fair") protects
  * the hash and every entry field; holders copy a few numbers, never
  * allocate, never raise an error, never run SQL.  Configuration is read
- * with SPI before the lock is taken.  Each database's rebuild state is an
+ * with SPI before the lock is taken, in queries that name every object
+ * with its schema (the trigger may run under a caller's search_path).  Each database's rebuild state is an
  * atomic read on the hot path and changed under fair_lock.
  *
  *-------------------------------------------------------------------------
@@ -447,13 +448,17 @@ read_policy(const FairKey *k, Policy *p)
 	SPI_connect();
 	if (k->kind == KIND_QUEUE)
 		ret = SPI_execute_with_args(
-			"SELECT 1.0::float8, rate_per_sec::float8, burst::float8, concurrency::int8,"
-			" backlog_limit::int8, priority_aging::float8 FROM tq.queue WHERE name = $1",
+			"SELECT 1.0::pg_catalog.float8, rate_per_sec::pg_catalog.float8,"
+			" burst::pg_catalog.float8, concurrency::pg_catalog.int8,"
+			" backlog_limit::pg_catalog.int8, priority_aging::pg_catalog.float8"
+			" FROM tq.queue WHERE name OPERATOR(pg_catalog.=) $1",
 			1, types, vals, NULL, true, 1);
 	else
 		ret = SPI_execute_with_args(
-			"SELECT weight::float8, rate_per_sec::float8, burst::float8, concurrency::int8,"
-			" backlog_limit::int8, NULL::float8 FROM tq.tenant WHERE queue = $1 AND tenant = $2",
+			"SELECT weight::pg_catalog.float8, rate_per_sec::pg_catalog.float8,"
+			" burst::pg_catalog.float8, concurrency::pg_catalog.int8,"
+			" backlog_limit::pg_catalog.int8, NULL::pg_catalog.float8 FROM tq.tenant"
+			" WHERE queue OPERATOR(pg_catalog.=) $1 AND tenant OPERATOR(pg_catalog.=) $2",
 			2, types, vals, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "tq: reading policy failed: %s", SPI_result_code_string(ret));
@@ -851,8 +856,8 @@ rebuild(void)
 
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
-	ret = SPI_execute("SELECT queue, tenant, state::text, count(*)::int8,"
-					  " max(vkey)::float8, min(vkey)::float8"
+	ret = SPI_execute("SELECT queue, tenant, pg_catalog.text(state), pg_catalog.count(*),"
+					  " pg_catalog.max(vkey), pg_catalog.min(vkey)"
 					  " FROM tq.task GROUP BY 1, 2, 3",
 					  true, 0);
 	if (ret != SPI_OK_SELECT)

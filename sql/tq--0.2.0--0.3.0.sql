@@ -561,6 +561,93 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- tq_submit in C (extension/submit.c); the PL/pgSQL definition stays as
+-- tq.submit_slow for every case but the common one, and for every error.
+------------------------------------------------------------------------------
+
+DROP FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz);
+
+CREATE FUNCTION tq.submit_slow(
+    queue text,
+    payload jsonb DEFAULT '{}',
+    run_at timestamptz DEFAULT NULL,
+    priority integer DEFAULT 0,
+    tenant text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+    v_state tq.task_state;
+    v_id bigint;
+    v_owner bigint;
+BEGIN
+    SELECT * INTO q FROM tq.queue x WHERE x.name = queue;
+    IF NOT FOUND THEN
+        PERFORM tq.get_queue(queue);
+    END IF;
+    PERFORM tq.check_payload(payload);
+    v_state := tq.check_submit(q, run_at, priority, tenant, max_attempts, timeout, expires_at);
+    v_id := nextval('tq.task_id_seq');
+
+    IF dedup_key IS NOT NULL THEN
+        PERFORM tq.check_label(dedup_key, 'dedup_key', 512);
+        -- Take the key, or find who holds it.  A concurrent submit of the
+        -- same key waits here for ours to commit or roll back.
+        INSERT INTO tq.dedup AS d (queue, dedup_key, task_id)
+        VALUES (q.name, dedup_key, v_id)
+        ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
+            SET task_id = excluded.task_id, until = 'infinity'
+            WHERE d.until < now()
+        RETURNING d.task_id INTO v_owner;
+        IF v_owner IS NULL THEN
+            SELECT d.task_id INTO v_owner FROM tq.dedup d
+             WHERE d.queue = q.name AND d.dedup_key = submit_slow.dedup_key;
+            RETURN v_owner;
+        END IF;
+    END IF;
+    -- After dedup: a producer retrying an idempotent submit gets its id
+    -- back even from a full queue.
+    IF q.backlog_limit IS NOT NULL THEN
+        PERFORM tq.check_backlog(q, tenant, 1);
+    END IF;
+
+    INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
+                         expires_at, timeout, max_attempts)
+    VALUES (v_id, q.name, v_state, priority, tenant, payload, dedup_key,
+            greatest(coalesce(run_at, now()), now()), expires_at, timeout,
+            coalesce(max_attempts, q.max_attempts));
+    IF v_state = 'ready' THEN
+        PERFORM tq.wake(q.name);
+    END IF;
+    RETURN v_id;
+END
+$$;
+COMMENT ON FUNCTION tq.submit_slow(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) IS 'The full definition of tq_submit: every option, every check and error; tq_submit (C) hands it every call but the common case.';
+REVOKE ALL ON FUNCTION tq.submit_slow(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.tq_submit(
+    queue text,
+    payload jsonb DEFAULT '{}',
+    run_at timestamptz DEFAULT NULL,
+    priority integer DEFAULT 0,
+    tenant text DEFAULT NULL,
+    dedup_key text DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    timeout interval DEFAULT NULL,
+    expires_at timestamptz DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'tq_submit_fast';
+COMMENT ON FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) IS
+'Submits a task (payload: a JSON object) and returns its id. Options: run_at (not before), priority (higher first), tenant, dedup_key (a duplicate of a live or recently succeeded task returns that task''s id), max_attempts, timeout (run-time limit for the worker), expires_at (give up if not started by then). Visible to workers when the calling transaction commits.';
+REVOKE ALL ON FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz) TO tq_producer;
+
+------------------------------------------------------------------------------
 -- Views
 ------------------------------------------------------------------------------
 
