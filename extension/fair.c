@@ -623,13 +623,30 @@ settle_invalidations(void)
 	pending_inval_all = false;
 }
 
+/*
+ * Empties the accounting for the next transaction.  The table is kept:
+ * creating one per transaction was a measurable share of a one-row submit.
+ */
 static void
 local_reset(void)
 {
-	if (local_acct != NULL)
+	HASH_SEQ_STATUS seq;
+	LocalAcct *a;
+
+	if (local_acct != NULL && hash_get_num_entries(local_acct) > 0)
 	{
-		hash_destroy(local_acct);
-		local_acct = NULL;
+		if (hash_get_num_entries(local_acct) > 1024)
+		{
+			/* A huge transaction: give the memory back. */
+			hash_destroy(local_acct);
+			local_acct = NULL;
+		}
+		else
+		{
+			hash_seq_init(&seq, local_acct);
+			while ((a = hash_seq_search(&seq)) != NULL)
+				hash_search(local_acct, &a->key, HASH_REMOVE, NULL);
+		}
 	}
 	parked_in_xact = 0;
 }
@@ -1260,6 +1277,9 @@ tq_task_row(PG_FUNCTION_ARGS)
 		olds = row_state(oldt, desc);
 	if (newt)
 		news = row_state(newt, desc);
+	/* New scheduled rows (rows becoming scheduled: trigger task_scheduled). */
+	if (!oldt && news == ST_SCHEDULED)
+		tq_note_scheduled();
 	if (olds == news)
 		return PointerGetDatum(newt ? newt : oldt);
 

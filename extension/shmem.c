@@ -198,6 +198,21 @@ tq_wake(PG_FUNCTION_ARGS)
 }
 
 /*
+ * tq_note_scheduled
+ *		A row of this transaction became scheduled: at commit, the worker
+ *		re-reads when its next event is due.  Called by the triggers.
+ */
+void
+tq_note_scheduled(void)
+{
+	if (!pending_schedule && !tq_is_background_worker)
+	{
+		ensure_xact_callback();
+		pending_schedule = true;
+	}
+}
+
+/*
  * tq.task_changed() returns trigger
  *
  * BEFORE ROW trigger on tq.task, for rows that become scheduled (WHEN
@@ -216,11 +231,7 @@ tq_task_changed(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		ereport(ERROR, (errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 						errmsg("tq.task_changed() must be called as a BEFORE ROW trigger")));
-	if (!pending_schedule && !tq_is_background_worker)
-	{
-		ensure_xact_callback();
-		pending_schedule = true;
-	}
+	tq_note_scheduled();
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		return PointerGetDatum(trigdata->tg_newtuple);
 	return PointerGetDatum(trigdata->tg_trigtuple);

@@ -76,6 +76,12 @@ CREATE FUNCTION tq.task_row() RETURNS trigger
 COMMENT ON FUNCTION tq.task_row() IS 'Trigger on tq.task: keeps the shared counters, gives tasks becoming ready their fair key, applies limits and quotas to claims (parking tasks of throttled tenants) and refuses submits past a backlog_limit.';
 CREATE TRIGGER task_account BEFORE INSERT OR DELETE ON tq.task
     FOR EACH ROW EXECUTE FUNCTION tq.task_row();
+-- task_scheduled no longer fires on INSERT (task_account notes new
+-- scheduled rows itself): a trigger's WHEN clause is read and compiled
+-- again for every statement, which showed in single-row submits.
+DROP TRIGGER task_scheduled ON tq.task;
+CREATE TRIGGER task_scheduled BEFORE UPDATE OF state, run_at ON tq.task
+    FOR EACH ROW WHEN (NEW.state = 'scheduled') EXECUTE FUNCTION tq.task_changed();
 CREATE TRIGGER task_moved BEFORE UPDATE OF state ON tq.task
     FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION tq.task_row();
 
