@@ -161,6 +161,7 @@ typedef struct FairEntry
 	int64 rate_leased; /* value of leased at rate_at */
 	TimestampTz rate_at;
 	bool held;       /* has parked tasks waiting for room */
+	int64 unparked;  /* tasks moved back to ready, not yet claimed (about) */
 	uint32 held_gen; /* bumped whenever held is set */
 } FairEntry;
 
@@ -521,6 +522,8 @@ typedef struct LocalAcct
 	int64 applied[NSTATES];  /* increments made; undone on abort */
 	int64 deferred[NSTATES]; /* decrements to make at commit */
 	bool set_held;           /* tenant parked tasks: mark held at commit */
+	bool clear_held;         /* none parked left (as of clear_gen): clear at commit */
+	uint32 clear_gen;
 } LocalAcct;
 
 static HTAB *local_acct = NULL;
@@ -575,6 +578,7 @@ local_slot(const FairKey *fk)
 		memset(a->applied, 0, sizeof(a->applied));
 		memset(a->deferred, 0, sizeof(a->deferred));
 		a->set_held = false;
+		a->clear_held = false;
 	}
 	return a;
 }
@@ -661,7 +665,6 @@ settle(bool commit, SubTransactionId subid)
 	HASH_SEQ_STATUS seq;
 	LocalAcct *a;
 	bool wake = false;
-	Latch *latch = NULL;
 	TimestampTz now;
 
 	if (local_acct == NULL || fair == NULL)
@@ -684,6 +687,11 @@ settle(bool commit, SubTransactionId subid)
 
 				e->count[s] = Max(e->count[s] + d, 0);
 			}
+			if (commit && a->clear_held && e->held && e->held_gen == a->clear_gen)
+			{
+				e->held = false;
+				fair->nheld--;
+			}
 			if (commit && a->set_held)
 			{
 				if (!e->held)
@@ -700,15 +708,8 @@ settle(bool commit, SubTransactionId subid)
 	}
 	LWLockRelease(fair->lock);
 
-	if (wake && tq_shared != NULL)
-	{
-		LWLockAcquire(tq_shared->lock, LW_SHARED);
-		if (tq_shared->worker_dboid == MyDatabaseId)
-			latch = tq_shared->worker_latch;
-		LWLockRelease(tq_shared->lock);
-		if (latch != NULL)
-			SetLatch(latch);
-	}
+	if (wake)
+		tq_wake_worker_for_housekeeping();
 }
 
 static void
@@ -783,6 +784,7 @@ fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransacti
 				memset(p->applied, 0, sizeof(p->applied));
 				memset(p->deferred, 0, sizeof(p->deferred));
 				p->set_held = false;
+				p->clear_held = false;
 			}
 			for (int s = 0; s < NSTATES; s++)
 			{
@@ -790,6 +792,11 @@ fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransacti
 				p->deferred[s] += c->deferred[s];
 			}
 			p->set_held |= c->set_held;
+			if (c->clear_held)
+			{
+				p->clear_held = true;
+				p->clear_gen = c->clear_gen;
+			}
 		}
 	}
 }
@@ -873,10 +880,17 @@ rebuild(void)
 
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
-	ret = SPI_execute("SELECT queue, tenant, pg_catalog.text(state), pg_catalog.count(*),"
-					  " pg_catalog.max(vkey), pg_catalog.min(vkey)"
-					  " FROM tq.task GROUP BY 1, 2, 3",
-					  true, 0);
+	/* Start tags: keys with the priority shift taken back out. */
+	ret = SPI_execute(
+		"SELECT t.queue, t.tenant, pg_catalog.text(t.state), pg_catalog.count(*),"
+		" pg_catalog.max(s.tag), pg_catalog.min(s.tag)"
+		" FROM tq.task t JOIN tq.queue q ON q.name OPERATOR(pg_catalog.=) t.queue,"
+		" LATERAL (SELECT t.vkey OPERATOR(pg_catalog.+) ((q.priority_aging"
+		"   OPERATOR(pg_catalog./) 2) OPERATOR(pg_catalog.*) (t.priority"
+		"   OPERATOR(pg_catalog./) (pg_catalog.abs(t.priority) OPERATOR(pg_catalog.+) 1)"
+		"   ::pg_catalog.float8)) AS tag) s"
+		" GROUP BY 1, 2, 3",
+		true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "tq: rebuilding shared state failed: %s", SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -943,17 +957,32 @@ rebuild(void)
 			}
 		}
 	}
+	/*
+	 * V: the highest start tag running (set above), but at least the
+	 * lowest ready one over all tenants of the queue -- a long job claimed
+	 * early must not pull V back behind work that waits.
+	 */
 	foreach (lc, rows)
 	{
 		RebuildRow *r = lfirst(lc);
+		double lowest = r->minkey;
 		FairKey qk;
 		FairEntry *qe;
+		ListCell *lc2;
 
+		if (r->state != ST_READY || !r->has_min)
+			continue;
+		foreach (lc2, rows)
+		{
+			RebuildRow *o = lfirst(lc2);
+
+			if (o->state == ST_READY && o->has_min && strcmp(o->key.queue, r->key.queue) == 0)
+				lowest = Min(lowest, o->minkey);
+		}
 		make_key(&qk, r->key.queue, NULL, true);
 		qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
-		if (qe != NULL && qe->count[ST_RUNNING] == 0 && r->state == ST_READY && r->has_min &&
-			(qe->vclock == 0 || r->minkey < qe->vclock))
-			qe->vclock = r->minkey;
+		if (qe != NULL)
+			qe->vclock = Max(qe->vclock, lowest);
 	}
 	LWLockRelease(fair->lock);
 	if (full)
@@ -1318,8 +1347,12 @@ tq_task_row(PG_FUNCTION_ARGS)
 			vkey_d = heap_getattr(oldt, cols.att_vkey, desc, &isnull);
 			if (qe && !isnull)
 				qe->vclock = Max(qe->vclock, DatumGetFloat8(vkey_d));
+			if (te && te->unparked > 0)
+				te->unparked--;
 		}
 	}
+	else if (olds == ST_PAUSED && news == ST_READY && !vkey_null && te)
+		te->unparked++; /* a parked task moved back */
 	else if (news == ST_READY && vkey_null)
 	{
 		action = SET_KEY;
@@ -1456,7 +1489,8 @@ tq_held_work(PG_FUNCTION_ARGS)
 
 			if (!e->held || e->key.dboid != MyDatabaseId)
 				continue;
-			room = room_now(e, now);
+			/* Tasks already moved back and not yet claimed use up room. */
+			room = room_now(e, now) - (double) Min(e->unparked, e->count[ST_READY]);
 			if (room < 1)
 				continue;
 			if (n == cap)
@@ -1486,23 +1520,22 @@ tq_held_work(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* tq.held_done(queue, tenant, gen): no parked task left, unless parked since gen. */
+/*
+ * tq.held_done(queue, tenant, gen): no parked task is left, unless more
+ * were parked since gen.  Takes effect when the calling transaction
+ * commits: an unpark that rolls back leaves the tenant held.
+ */
 Datum
 tq_held_done(PG_FUNCTION_ARGS)
 {
 	FairKey k;
-	FairEntry *e;
+	LocalAcct *a;
 
 	make_key(&k, text_to_cstring(PG_GETARG_TEXT_PP(0)),
 			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), false);
-	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
-	e = hash_search(fair_hash, &k, HASH_FIND, NULL);
-	if (e != NULL && e->held && e->held_gen == (uint32) PG_GETARG_INT64(2))
-	{
-		e->held = false;
-		fair->nheld--;
-	}
-	LWLockRelease(fair->lock);
+	a = local_slot(&k);
+	a->clear_held = true;
+	a->clear_gen = (uint32) PG_GETARG_INT64(2);
 	PG_RETURN_VOID();
 }
 

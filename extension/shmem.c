@@ -213,6 +213,31 @@ tq_note_scheduled(void)
 }
 
 /*
+ * tq_wake_worker_for_housekeeping
+ *		Something this backend committed needs a housekeeping pass soon (a
+ *		tenant with parked tasks has room again): flag it and wake the
+ *		worker, if one serves this database.  Called after commit; must
+ *		not fail.
+ */
+void
+tq_wake_worker_for_housekeeping(void)
+{
+	Latch *latch = NULL;
+
+	if (tq_shared == NULL)
+		return;
+	LWLockAcquire(tq_shared->lock, LW_EXCLUSIVE);
+	if (tq_shared->worker_latch != NULL && tq_shared->worker_dboid == MyDatabaseId)
+	{
+		tq_shared->schedule_changed = true;
+		latch = tq_shared->worker_latch;
+	}
+	LWLockRelease(tq_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
  * tq.task_changed() returns trigger
  *
  * BEFORE ROW trigger on tq.task, for rows that become scheduled (WHEN

@@ -64,6 +64,7 @@ extern bool tq_is_background_worker; /* this process is tq's worker */
 
 extern void tq_shmem_init(void);
 extern void tq_note_scheduled(void);
+extern void tq_wake_worker_for_housekeeping(void);
 extern void tq_worker_register(void);
 extern Size tq_rate_shmem_size(void);
 extern void tq_rate_shmem_init(void);

@@ -142,7 +142,7 @@ take_wakeups(Wakeups *w)
 static double
 run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 {
-	double next = -1;
+	double next = NAN; /* NAN: no housekeeping result */
 	int ret;
 	bool has_tq;
 	bool installed;
@@ -214,7 +214,7 @@ run_pass(const Wakeups *w, bool housekeeping, int64 *notified)
 static double
 try_pass(const Wakeups *w, bool housekeeping, int64 *notified, MemoryContext loop_cxt)
 {
-	volatile double next = -1;
+	volatile double next = NAN;
 
 	PG_TRY();
 	{
@@ -329,7 +329,8 @@ tq_worker_main(Datum arg)
 			passes++;
 			last_housekeeping = GetCurrentTimestamp();
 			/* Rounded up: waking just before run_at would find nothing due. */
-			delay_ms = next < 0 ? tq_worker_naptime : (long) ceil(next * 1000.0);
+			/* Overdue (negative): again after the minimum interval. */
+			delay_ms = isnan(next) ? tq_worker_naptime : (long) ceil(Max(next, 0) * 1000.0);
 			delay_ms = Max(delay_ms, tq_worker_min_interval);
 			delay_ms = Min(delay_ms, tq_worker_naptime);
 			next_housekeeping = TimestampTzPlusMilliseconds(last_housekeeping, delay_ms);

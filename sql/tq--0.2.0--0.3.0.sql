@@ -185,10 +185,77 @@ BEGIN
                  (SELECT t.expires_at FROM tq.task t
                    WHERE t.expires_at IS NOT NULL AND t.state <> 'running'
                    ORDER BY t.expires_at LIMIT 1),
-                 (SELECT m.next_maintenance FROM tq.meta m),
+                 (SELECT greatest(m.next_maintenance, now()) FROM tq.meta m),  -- not -infinity
                  clock_timestamp() + make_interval(secs => tq.held_next()))
       INTO nxt;
     RETURN extract(epoch FROM nxt - clock_timestamp());
+END
+$$;
+
+-- Pause repair leaves parked tasks (they keep their key) to tq.unpark_held.
+CREATE OR REPLACE FUNCTION @extschema@.tq_maintain()
+    RETURNS TABLE (action text, queue text, n bigint)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q tq.queue;
+    k bigint;
+    woke text[];
+    old_timeout text := current_setting('lock_timeout');
+BEGIN
+    -- Schedule the next pass first: whatever happens below, the lease path
+    -- does not retry at once.
+    UPDATE tq.meta
+       SET next_maintenance = now() + current_setting('tq.maintenance_interval')::interval;
+
+    action := 'promoted'; queue := NULL; n := tq.promote(NULL, 100000); RETURN NEXT;
+    action := 'reclaimed'; n := tq.reclaim(100000); RETURN NEXT;
+    action := 'expired'; n := tq.expire(100000); RETURN NEXT;
+
+    /*
+     * Pause repair.  A submit, promotion or release decides between ready
+     * and paused from what it reads, without locking the queue; one that
+     * races tq_resume can leave a task paused in a queue that is running
+     * again (and one racing tq_pause a task ready in a paused tenant,
+     * which tq_lease filters out but must step over).  Put both right.
+     */
+    WITH up AS (
+        UPDATE tq.task t SET state = 'ready'
+          FROM tq.queue x
+         WHERE t.state = 'paused' AND x.name = t.queue AND NOT x.paused
+           AND t.vkey IS NULL  -- parked by a tenant limit: tq.unpark_held's
+           AND NOT EXISTS (SELECT 1 FROM tq.tenant_pause p WHERE p.queue = t.queue AND p.tenant = t.tenant)
+        RETURNING t.queue
+    )
+    SELECT count(*), array_agg(DISTINCT up.queue) INTO k, woke FROM up;
+    PERFORM tq.wake(w) FROM unnest(woke) w;
+    UPDATE tq.task t SET state = 'paused'
+      FROM tq.tenant_pause p
+     WHERE t.state = 'ready' AND t.queue = p.queue AND t.tenant = p.tenant;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    n := n + k;
+    action := 'pause state repaired'; RETURN NEXT;
+
+    -- One partition maintainer at a time (key: 'tq' in ASCII).
+    IF NOT pg_try_advisory_xact_lock(7417) THEN
+        RETURN;
+    END IF;
+    FOR q IN SELECT * FROM tq.queue ORDER BY name LOOP
+        BEGIN
+            PERFORM set_config('lock_timeout', '500ms', true);
+            action := 'partitions created'; queue := q.name; n := tq.ensure_partitions(q);
+            IF n > 0 THEN RETURN NEXT; END IF;
+            action := 'tasks past retention dropped'; n := tq.apply_retention(q);
+            IF n > 0 THEN RETURN NEXT; END IF;
+            PERFORM set_config('lock_timeout', old_timeout, true);
+        EXCEPTION WHEN lock_not_available THEN
+            PERFORM set_config('lock_timeout', old_timeout, true);
+            RAISE NOTICE 'tq: maintenance of queue "%" postponed: history is locked by another session', q.name;
+        END;
+    END LOOP;
+    DELETE FROM tq.dedup x WHERE x.until < now();
+    GET DIAGNOSTICS k = ROW_COUNT;
+    action := 'dedup keys forgotten'; queue := NULL; n := k; RETURN NEXT;
 END
 $$;
 
