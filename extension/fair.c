@@ -182,7 +182,8 @@ typedef struct FairShared
 	FairDb dbs[TQ_MAX_DBS];
 	TimestampTz last_full_log; /* last "table full" log line */
 	TimestampTz last_evict_scan;
-	int nheld; /* entries with held set */
+	bool idle_since_scan; /* a tenant entry went idle since the last scan */
+	int nheld;            /* entries with held set */
 } FairShared;
 
 static FairShared *fair = NULL;
@@ -352,9 +353,10 @@ evict_idle(TimestampTz now)
 	HASH_SEQ_STATUS seq;
 	FairEntry *e;
 
-	if (!TimestampDifferenceExceeds(fair->last_evict_scan, now, 1000))
+	if (!fair->idle_since_scan && !TimestampDifferenceExceeds(fair->last_evict_scan, now, 1000))
 		return;
 	fair->last_evict_scan = now;
+	fair->idle_since_scan = false;
 	hash_seq_init(&seq, fair_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 		if (e->key.kind != KIND_QUEUE && entry_idle(e))
@@ -687,6 +689,8 @@ settle(bool commit, SubTransactionId subid)
 
 				e->count[s] = Max(e->count[s] + d, 0);
 			}
+			if (e->key.kind != KIND_QUEUE && entry_idle(e))
+				fair->idle_since_scan = true;
 			if (commit && a->clear_held && e->held && e->held_gen == a->clear_gen)
 			{
 				e->held = false;
