@@ -809,6 +809,51 @@ fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransacti
  * Rebuild from tq.task
  * ------------------------------------------------------------------------
  */
+/*
+ * Frees the slots (and entries) of databases that no longer exist.
+ * Returns whether one was freed.  Reads the catalog, so it runs before
+ * the lock is taken; a database dropped is never used again, so the check
+ * cannot go stale.
+ */
+static bool
+reclaim_dropped_dbs(void)
+{
+	Oid gone[TQ_MAX_DBS];
+	int ngone = 0;
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	for (int i = 0; i < TQ_MAX_DBS; i++)
+	{
+		Oid db = fair->dbs[i].dboid;
+
+		if (OidIsValid(db) && !SearchSysCacheExists1(DATABASEOID, ObjectIdGetDatum(db)))
+			gone[ngone++] = db;
+	}
+	if (ngone == 0)
+		return false;
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		for (int j = 0; j < ngone; j++)
+			if (e->key.dboid == gone[j])
+			{
+				if (e->held)
+					fair->nheld--;
+				hash_search(fair_hash, &e->key, HASH_REMOVE, NULL);
+				break;
+			}
+	for (int i = 0; i < TQ_MAX_DBS; i++)
+		for (int j = 0; j < ngone; j++)
+			if (fair->dbs[i].dboid == gone[j])
+			{
+				pg_atomic_write_u32(&fair->dbs[i].state, DB_EMPTY);
+				fair->dbs[i].dboid = InvalidOid;
+			}
+	LWLockRelease(fair->lock);
+	return true;
+}
+
 static FairDb *
 my_db(bool create)
 {
@@ -823,6 +868,8 @@ my_db(bool create)
 	}
 	if (!create)
 		return NULL;
+	if (freeslot == NULL && reclaim_dropped_dbs())
+		return my_db(true);
 	if (freeslot == NULL)
 		return NULL;
 	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
@@ -1079,11 +1126,21 @@ lock_entries(const char *queue, const char *tenant, bool want_tenant, FairEntry 
 	{
 		if (full)
 		{
+			bool reclaimed;
+
 			LWLockRelease(fair->lock);
-			log_full();
+			/* Entries of dropped databases are not idle, but are garbage. */
+			reclaimed = reclaim_dropped_dbs();
+			if (!reclaimed)
+				log_full();
 			LWLockAcquire(fair->lock, LW_EXCLUSIVE);
-			*qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
-			*te = want_tenant ? hash_search(fair_hash, &tk, HASH_FIND, NULL) : NULL;
+			full = false;
+			*qe = reclaimed ? enter(&qk, now, &full) : hash_search(fair_hash, &qk, HASH_FIND, NULL);
+			if (want_tenant)
+				*te = reclaimed ? enter(&tk, now, &full)
+								: hash_search(fair_hash, &tk, HASH_FIND, NULL);
+			else
+				*te = NULL;
 		}
 		return;
 	}

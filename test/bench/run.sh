@@ -13,8 +13,9 @@
 #      only flags the queue in shared memory, the worker sends tq_ready);
 #      floor: a plain single-row INSERT, measured in the same database as
 #      the tq figure beside it.  Measured at the cluster's
-#      synchronous_commit = off and again at synchronous_commit = on (both
-#      sides), where NOTIFY's commit lock covers the WAL flush.
+#      synchronous_commit = off and, with TQ_BENCH_SYNC=1, again at
+#      synchronous_commit = on (both sides), where NOTIFY's commit lock
+#      covers the WAL flush.
 #   1b. wake-up latency with every worker idle (test/bench/latency.c): one
 #      tq_submit every 20 ms in autocommit, timed from just before it is
 #      sent to the arrival of tq_ready at a LISTENing session; through the
@@ -31,10 +32,52 @@
 #      against a backlog sized from a warm-up run so that it cannot run dry;
 #      floor: the minimal SKIP LOCKED cycle on the plain table (UPDATE ...
 #      SET state = 'running' ... RETURNING id, then DELETE of those ids).
-#      Batch 50 also at synchronous_commit = on (tq_complete notifies).
+#      With TQ_BENCH_SYNC=1, batch 50 also at synchronous_commit = on
+#      (tq_complete notifies).
 #   4. the batch-50 cycle at a constant backlog of 1 000 and of 1 000 000
 #      ready tasks: every transaction submits back as many tasks as it
 #      completed (floor: inserts back as many rows as it deleted).
+#
+# A second table, fair dispatch and limits (0.3.0):
+#   5. the cost of fair dispatch: the batch-50 lease+complete of row 3 (4
+#      clients, same script, same checks) on a queue whose backlog is
+#      spread over 10 000 tenants, each with a policy row (tq_set_tenant:
+#      weights 1 to 4, and a rate of 1 000/s with burst 1 000, concurrency
+#      100 and backlog_limit 1 000 000, all configured but none binding);
+#      compared with the single-tenant tq figure of row 3 (tasks without a
+#      tenant, measured just before).  Two backlogs: per tenant, each
+#      tenant's submitted by one tq_submit_many, proportional to its weight
+#      so that all drain at the same pace and stay backlogged (in the table
+#      a tenant's tasks lie together, while the fair order takes one of
+#      each tenant in turn); and mixed, single tq_submit calls for random
+#      tenants from 8 pgbench clients, as from many producers at once (the
+#      table's order is then close to the fair order), on the same tenants
+#      in the queue dropped (with its tasks) and made again.  After each:
+#      no task may be parked (a limit would have bound), and every tenant
+#      with ready tasks must have its own shared entry; after the first,
+#      the spread of the tasks run per unit of weight across tenants is
+#      logged as a check of the fair order.  Also shown: the server's CPU
+#      time per task of these runs and of row 3's (the postmaster and its
+#      children, from /proc), which other load on the machine hardly
+#      changes, as a check of a rate ratio that it does; and in the log,
+#      the server's share of the machine's CPU during each run.
+#   6. rate limit accuracy: a queue with rate_per_sec = 100, burst = 1, a
+#      backlog of 100 000, and 4 clients running the batch lease+complete
+#      (up to 10 per lease) as fast as they can for 30 s; the tasks started
+#      between two server timestamps taken just before and just after
+#      pgbench (started_at in tq.history), per second of that window.
+#   7. tq_submit, one task per transaction, at 16 clients, in the worker's
+#      database (wake-up by the worker, as in row 1), against a single-row
+#      INSERT into a copy of tq.task of the full shape: same columns,
+#      defaults, constraints, indexes and storage parameters, no triggers
+#      (CREATE TABLE ... (LIKE tq.task INCLUDING ALL), with a sequence of
+#      its own).  Breakdown: the same INSERT into a copy that also has
+#      tq.task's triggers (tq.task_row, in C, and the others, copied from
+#      the catalog; its rows use a queue name no queue has, so that they
+#      only add shared-memory entries of their own); tq_submit with no
+#      wake-up (tq.producer_notify = off); and the reduced-shape INSERT of
+#      row 1 for reference.  Also the server's CPU time per row of tq_submit
+#      and of the full-shape INSERT (see row 5).
 #
 # Every measurement is checked: the tasks (rows) actually finished must be
 # the pgbench transactions times the batch, so a backlog that ran dry shows
@@ -55,11 +98,20 @@
 #
 # Settings (environment):
 #   TQ_BENCH_PORT   port of the private socket, default 54700
-#   TQ_BENCH_SECS   seconds per measured pgbench run, default 12
-#   TQ_BENCH_SYNC=0 skip the synchronous_commit = on rows
+#   TQ_BENCH_SECS   seconds per measured pgbench run, default 8
+#   TQ_BENCH_SYNC=1 also the synchronous_commit = on rows (about 2 minutes
+#                   more; the defaults keep the whole run near 6 minutes,
+#                   and TQ_BENCH_SECS=12 TQ_BENCH_SYNC=1 gives the table of
+#                   0.2.0's figures, taking about 10)
 #   TQ_BENCH_LAT_N  measured submits of the wake-up latency, default 500
 #   TQ_BENCH_DELAY_N  delayed tasks of the delayed-task latency, default 200
+#   TQ_BENCH_TENANTS  tenants of row 5, default 10000 (at most
+#                   tq.max_tenants - 100: each needs a shared entry)
+#   TQ_BENCH_RATE_SECS  seconds of the rate-limit run of row 6, default 30
 #   TQ_TEST_KEEP=1  keep the cluster directory afterwards (test/cluster.sh)
+#
+# The machine's load average is printed at the start and the end: other
+# work on the machine (tests run concurrently) shows there as noise.
 #
 # The raw pgbench output and the derived figures of every run go to a log
 # under test/results/bench/, whose path is printed.
@@ -72,11 +124,14 @@ benchdir=$top/test/bench
 # shellcheck source=test/cluster.sh
 . "$top/test/cluster.sh"
 
-secs=${TQ_BENCH_SECS:-12}
+secs=${TQ_BENCH_SECS:-8}
 port=${TQ_BENCH_PORT:-54700}
 lat_n=${TQ_BENCH_LAT_N:-500}
 delay_n=${TQ_BENCH_DELAY_N:-200}
-for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ_BENCH_DELAY_N=$delay_n"; do
+tenants=${TQ_BENCH_TENANTS:-10000}
+rate_secs=${TQ_BENCH_RATE_SECS:-30}
+for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ_BENCH_DELAY_N=$delay_n" \
+	"TQ_BENCH_TENANTS=$tenants" "TQ_BENCH_RATE_SECS=$rate_secs"; do
 	case ${v#*=} in
 	'' | *[!0-9]* | 0*)
 		echo "bench: ${v%%=*} must be a positive integer, not \"${v#*=}\"" >&2
@@ -86,11 +141,11 @@ for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ
 done
 warmup_secs=3
 # Row 1, and the batch-50 lease+complete of row 3, are also measured at
-# synchronous_commit = on unless TQ_BENCH_SYNC=0.
-if [ "${TQ_BENCH_SYNC:-1}" = 0 ]; then
-	sync_modes=(off)
-else
+# synchronous_commit = on with TQ_BENCH_SYNC=1.
+if [ "${TQ_BENCH_SYNC:-0}" = 1 ]; then
 	sync_modes=(off on)
+else
+	sync_modes=(off)
 fi
 many_n=100000
 # The database the background worker serves (tq.database, below).
@@ -100,6 +155,14 @@ worker_db=bench_worker
 lat_warmup=20
 lat_spacing=20
 delay_offsets=100,10,100,50,100,250,100,500
+# Row 6: the queue's rate limit (tasks/s) and bucket, the backlog it works
+# on, and how many tasks a lease asks for.
+rate_limit=100
+rate_burst=1
+rate_backlog=100000
+rate_batch=10
+# Row 7: clients of the single submits.
+submit_clients=16
 
 results=$top/test/results/bench
 mkdir -p "$results"
@@ -222,12 +285,44 @@ plain_rows() { q "$1" "SELECT count(*) FROM plain"; }
 # as many rows as it deleted.
 plain_inserted() { q "$1" "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM plain_id_seq"; }
 
-# top_up DB SIDE N: brings the ready backlog of SIDE (tq or floor) up to N,
-# tq through tq_submit_many in chunks of 100 000.
+# Row 5's tenants: tenant-1 .. tenant-N, tenant i of weight 1 + i % 4 (an
+# SQL expression of i).
+fair_weight='(1 + i % 4)'
+
+# top_up DB SIDE N: brings the ready backlog of SIDE (tq, fair, fair_mixed
+# or floor) up to N, tq through tq_submit_many in chunks of 100 000; fair
+# through one tq_submit_many per tenant, each tenant getting the same number
+# of tasks per unit of its weight (so that all of them drain at the same
+# pace), at least as many as are missing in all; fair_mixed through single
+# tq_submit calls for random tenants from 8 pgbench clients.
 top_up()
 {
-	local db=$1 side=$2 want=$3 have n
-	if [ "$side" = tq ]; then
+	local db=$1 side=$2 want=$3 have n out
+	if [ "$side" = fair_mixed ]; then
+		have=$(tq_ready "$db")
+		if [ "$have" -lt "$want" ]; then
+			n=$(((want - have + 7) / 8))
+			logonly "\$ pgbench -n -c 8 -j 2 -t $n -f ${benchdir#"$top"/}/submit_tenant.sql -D tenants=$tenants $db"
+			out=$(pgbench -n -c 8 -j 2 -t "$n" -f "$benchdir/submit_tenant.sql" -D tenants="$tenants" "$db" 2>&1) ||
+				fail "prefill of the tenants' mixed backlog in $db failed: $out"
+			logonly "$(grep -E '^(number of transactions actually|tps)' <<<"$out")"
+		fi
+	elif [ "$side" = fair ]; then
+		have=$(tq_ready "$db")
+		if [ "$have" -lt "$want" ]; then
+			q "$db" "DO \$\$
+			         DECLARE
+			             k integer := ceil($((want - have))::numeric
+			                               / (SELECT sum($fair_weight) FROM generate_series(1, $tenants) i));
+			         BEGIN
+			             FOR i IN 1 .. $tenants LOOP
+			                 PERFORM tq_submit_many('bench', array_fill('{\"n\":1}'::jsonb, ARRAY[k * $fair_weight]),
+			                                        tenant => 'tenant-' || i);
+			             END LOOP;
+			         END
+			         \$\$" || fail "prefill of the tenants' backlog in $db failed"
+		fi
+	elif [ "$side" = tq ]; then
 		have=$(tq_ready "$db")
 		while [ "$have" -lt "$want" ]; do
 			n=$((want - have))
@@ -275,28 +370,88 @@ pgb()
 # calc EXPR: floating-point arithmetic.
 calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
 
+# server_cpu: CPU seconds the server has used so far: the postmaster and its
+# live children (backends, background worker, autovacuum, checkpointer...)
+# from /proc, plus the children it has reaped (cutime and cstime of the
+# postmaster).  The difference across a run is the server's CPU time for
+# that run, which other work on the machine hardly changes, unlike the
+# rate (row 5 shows both).  A backend that is exiting, or has exited but
+# is not reaped yet, may show no time at all while its time is not yet the
+# postmaster's either, so this first waits (up to 5 s) until no client
+# backend is left (pgbench's are exiting when pgbench returns; this
+# script's own sessions are over) and no child is ending (its command line
+# reads empty then).  Only client backends name a socket ("[local]"): the
+# cluster listens on no TCP address.
+clk_tck=$(getconf CLK_TCK)
+server_cpu()
+{
+	local pm p c busy
+	pm=$(head -n 1 "$tq_cluster_datadir/postmaster.pid")
+	for _ in $(seq 500); do
+		busy=0
+		for p in $(pgrep -P "$pm"); do
+			c=$({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null) || continue
+			case $c in
+			'' | *'[local]'*)
+				busy=1
+				break
+				;;
+			esac
+		done
+		[ "$busy" = 1 ] || break
+		sleep 0.01
+	done
+	{
+		cat "/proc/$pm/stat"
+		# A child may end meanwhile: its time is then in the postmaster's.
+		for p in $(pgrep -P "$pm"); do
+			cat "/proc/$p/stat" 2>/dev/null || true
+		done
+	} | awk -v pm="$pm" -v hz="$clk_tck" '
+		{
+			pid = $1
+			line = $0
+			sub(/^.*\) /, "", line)
+			split(line, f, " ")
+			# f[12], f[13]: utime, stime; f[14], f[15]: those of its reaped
+			# children.
+			t += f[12] + f[13]
+			if (pid == pm)
+				t += f[14] + f[15]
+		}
+		END { printf "%.2f", t / hz }'
+}
+
 # ---------------------------------------------------------------------------
 # The result table.
 
 rows=()
+# The second table (rows 5 to 7): a measured figure beside its reference.
+rows2=()
 
 # row MEASUREMENT TQ FLOOR RATIO TARGET MET
 row() { rows+=("$(printf '%s|%s|%s|%s|%s|%s' "$@")"); }
+# row2 MEASUREMENT MEASURED REFERENCE RATIO TARGET MET
+row2() { rows2+=("$(printf '%s|%s|%s|%s|%s|%s' "$@")"); }
 
 fmt_rate() { awk "BEGIN { printf \"%.0f\", $1 }"; }
 fmt_ratio() { awk "BEGIN { printf \"%.2f\", $1 }"; }
+fmt_1() { awk "BEGIN { printf \"%.1f\", $1 }"; }
 
 # met VALUE THRESHOLD: yes when VALUE >= THRESHOLD.
 met() { awk "BEGIN { print ($1 >= $2) ? \"yes\" : \"no\" }"; }
 
+# print_table [ARRAY HEADER_MEASURED HEADER_REFERENCE HEADER_RATIO]: the
+# rows of ARRAY (default: rows, the first table).
 print_table()
 {
+	local -n tbl=${1:-rows}
 	local r fmt='%-59s | %15s | %14s | %8s | %-22s | %s\n'
 	# shellcheck disable=SC2059
 	{
-		printf "$fmt" measurement 'tq (tasks/s)' 'floor (rows/s)' tq/floor target 'met?'
+		printf "$fmt" measurement "${2:-tq (tasks/s)}" "${3:-floor (rows/s)}" "${4:-tq/floor}" target 'met?'
 		printf '%s\n' "$(printf '%.0s-' {1..140})"
-		for r in "${rows[@]}"; do
+		for r in "${tbl[@]}"; do
 			IFS='|' read -r m a b c d e <<<"$r"
 			printf "$fmt" "$m" "$a" "$b" "$c" "$d" "$e"
 		done
@@ -334,7 +489,8 @@ worker_serves()
 worker_notified() { q "$worker_db" "SELECT notifications FROM tq_worker_status()"; }
 
 say "tq benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), log: $log"
-say "machine: nproc $(nproc), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+say "machine: nproc $(nproc), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), load average $load_start"
 say "server: $(q postgres 'SELECT version()')"
 say "$(pgbench --version)"
 settings_sql="SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY ord)
@@ -441,7 +597,7 @@ drop_db "$db"
 
 # ---------------------------------------------------------------------------
 # Row 1: single submits.  First at the cluster's synchronous_commit = off,
-# then, unless TQ_BENCH_SYNC=0, again at synchronous_commit = on for tq and
+# then, with TQ_BENCH_SYNC=1, again at synchronous_commit = on for tq and
 # floor alike: a transaction that sent a NOTIFY holds a database-wide lock
 # from before its commit record until after it, so with synchronous commit
 # the WAL flush happens under that lock, which is what the producer-side
@@ -531,6 +687,123 @@ for sc in "${sync_modes[@]}"; do
 done
 drop_db "$db"
 
+# ---------------------------------------------------------------------------
+# Row 7: single submits at 16 clients against the full shape of tq.task, in
+# the worker's database (tq_submit's wake-up goes through the worker, as in
+# row 1's "wake-up by worker").  full_notrig and full_trig are copies of
+# tq.task; full_trig also gets tq.task's triggers, copied from the catalog.
+
+db=$worker_db
+relopts=$(q "$db" "SELECT coalesce(array_to_string(reloptions, ', '), '')
+                     FROM pg_class WHERE oid = 'tq.task'::regclass") ||
+	fail "could not read the storage parameters of tq.task"
+for t in full_notrig full_trig; do
+	q "$db" "CREATE SEQUENCE ${t}_id_seq" \
+		"CREATE TABLE $t (LIKE tq.task INCLUDING ALL)${relopts:+ WITH ($relopts)}" \
+		"ALTER TABLE $t ALTER COLUMN id SET DEFAULT nextval('${t}_id_seq')" \
+		"ALTER SEQUENCE ${t}_id_seq OWNED BY $t.id" ||
+		fail "could not create the full-shape copy $t of tq.task in $db"
+done
+q "$db" "DO \$\$
+         DECLARE
+             d text;
+         BEGIN
+             FOR d IN SELECT pg_get_triggerdef(oid) FROM pg_trigger
+                       WHERE tgrelid = 'tq.task'::regclass AND NOT tgisinternal LOOP
+                 EXECUTE regexp_replace(d, ' ON tq\.task ', ' ON public.full_trig ');
+             END LOOP;
+         END
+         \$\$" || fail "could not copy the triggers of tq.task to full_trig in $db"
+# The copies must have tq.task's shape: its columns (type, NOT NULL, whether
+# there is a default), indexes (partial ones included, as definitions),
+# constraints and triggers; full_notrig without the triggers.
+shape()
+{
+	q "$db" "SELECT (SELECT string_agg(format('%s %s %s %s', attname, format_type(atttypid, atttypmod),
+	                                            attnotnull, pg_get_expr(adbin, adrelid) IS NOT NULL), ', '
+	                                     ORDER BY attnum)
+	                   FROM pg_attribute LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum
+	                  WHERE attrelid = '$1'::regclass AND attnum > 0 AND NOT attisdropped)
+	              || ' | ' ||
+	             (SELECT string_agg(regexp_replace(pg_get_indexdef(indexrelid),
+	                                               '^CREATE (UNIQUE )?INDEX \S+ ON \S+ USING ', '\1'), ', '
+	                                ORDER BY 1)
+	                FROM pg_index WHERE indrelid = '$1'::regclass)
+	              || ' | ' ||
+	             (SELECT string_agg(pg_get_constraintdef(oid), ', ' ORDER BY 1)
+	                FROM pg_constraint WHERE conrelid = '$1'::regclass)
+	              || ' | ' ||
+	             (SELECT count(*) FROM pg_trigger WHERE tgrelid = '$1'::regclass AND NOT tgisinternal)"
+}
+task_shape=$(shape tq.task) || fail "could not read the shape of tq.task"
+notrig_shape=$(shape full_notrig) || fail "could not read the shape of full_notrig"
+trig_shape=$(shape full_trig) || fail "could not read the shape of full_trig"
+logonly ""
+logonly "tq.task:     $task_shape"
+[ "$trig_shape" = "$task_shape" ] || fail "full_trig does not have the shape of tq.task: $trig_shape"
+[ "$notrig_shape" = "${task_shape% | *} | 0" ] ||
+	fail "full_notrig does not have the shape of tq.task without triggers: $notrig_shape"
+
+declare -A submit16 submit16_cpu
+for side in full_notrig full_trig worker tq_off plain; do
+	clean "$db"
+	label="submit, $submit_clients clients ($db)"
+	n0=$(worker_notified)
+	cpu0=$(server_cpu)
+	case $side in
+	full_*)
+		before=$(q "$db" "SELECT count(*) FROM $side")
+		pgb "$label, INSERT into $side" "$db" "$submit_clients" "$secs" "$benchdir/submit_full.sql" -D table="$side"
+		done_n=$(($(q "$db" "SELECT count(*) FROM $side") - before))
+		;;
+	plain)
+		before=$(plain_rows "$db")
+		pgb "$label, INSERT into plain (reduced shape)" "$db" "$submit_clients" "$secs" "$benchdir/submit_floor.sql"
+		done_n=$(($(plain_rows "$db") - before))
+		;;
+	worker | tq_off)
+		worker_serves "$db" || fail "the background worker does not serve $db"
+		before=$(tq_rows "$db")
+		PGOPTIONS="-c tq.producer_notify=$([ "$side" = worker ] && echo on || echo off)" \
+			pgb "$label, tq_submit, $([ "$side" = worker ] && echo 'wake-up by the worker' || echo 'no wake-up')" \
+			"$db" "$submit_clients" "$secs" "$benchdir/submit_tq.sql"
+		done_n=$(($(tq_rows "$db") - before))
+		;;
+	esac
+	cpu1=$(server_cpu)
+	[ "$done_n" -eq "$PB_XACTS" ] || fail "$label, $side: $PB_XACTS transactions but $done_n rows"
+	n1=$(worker_notified)
+	submit16_cpu[$side]=$(calc "($cpu1 - $cpu0) * 1000000 / $done_n")
+	logonly "-> $side: $PB_TPS rows/s ($done_n rows); the worker sent $((n1 - n0)) tq_ready"
+	logonly "-> server CPU $(calc "$cpu1 - $cpu0") s ($(fmt_ratio "$(calc "($cpu1 - $cpu0) / $secs / $(nproc)")") of the machine's for $secs s): ${submit16_cpu[$side]} us per row"
+	if [ "$side" = worker ]; then
+		[ "$n1" -gt "$n0" ] || fail "$label: the worker sent no tq_ready"
+	elif [ "$side" = tq_off ] && [ "$n1" -ne "$n0" ]; then
+		fail "$label, $side: the worker sent $((n1 - n0)) tq_ready with tq.producer_notify = off"
+	fi
+	submit16[$side]=$PB_TPS
+done
+fl=${submit16[full_notrig]}
+ratio=$(calc "${submit16[worker]} / $fl")
+row2 "tq_submit, $submit_clients clients, wake-up by worker" \
+	"$(fmt_rate "${submit16[worker]}")" "$(fmt_rate "$fl")" "$(fmt_ratio "$ratio")" ">= 0.90 of full INSERT" \
+	"$(met "$ratio" 0.90)"
+row2 "  server CPU per row (us); ratio: INSERT / tq_submit" \
+	"$(fmt_1 "${submit16_cpu[worker]}")" "$(fmt_1 "${submit16_cpu[full_notrig]}")" \
+	"$(fmt_ratio "$(calc "${submit16_cpu[full_notrig]} / ${submit16_cpu[worker]}")")" "- (CPU cost)" -
+row2 "  breakdown: full-shape INSERT + tq.task's triggers" \
+	"$(fmt_rate "${submit16[full_trig]}")" "$(fmt_rate "$fl")" \
+	"$(fmt_ratio "$(calc "${submit16[full_trig]} / $fl")")" "- (breakdown)" -
+row2 "  breakdown: tq_submit (by worker) / (INSERT + triggers)" \
+	"$(fmt_rate "${submit16[worker]}")" "$(fmt_rate "${submit16[full_trig]}")" \
+	"$(fmt_ratio "$(calc "${submit16[worker]} / ${submit16[full_trig]}")")" "- (breakdown)" -
+row2 "  breakdown: tq_submit, no wake-up" \
+	"$(fmt_rate "${submit16[tq_off]}")" "$(fmt_rate "$fl")" \
+	"$(fmt_ratio "$(calc "${submit16[tq_off]} / $fl")")" "- (breakdown)" -
+row2 "  reference: reduced-shape INSERT (row 1's floor)" \
+	"$(fmt_rate "${submit16[plain]}")" "$(fmt_rate "$fl")" \
+	"$(fmt_ratio "$(calc "${submit16[plain]} / $fl")")" "- (reference)" -
+
 row "wake-up latency, idle, by worker: p50/p99/max ms" "${lat_worker[0]}" - - "p99 <= 5 ms" "${lat_worker[1]}"
 row "  same, NOTIFY in transaction (no worker)" "${lat_notify[0]}" - - "- (comparison)" -
 row "delayed task, run_at to tq_ready: p50/p99/max ms" "${lat_delayed[0]}" - - "p99 <= 50 ms" "${lat_delayed[1]}"
@@ -587,16 +860,20 @@ drop_db "$db"
 # Rows 3 and 4: lease + complete.
 
 # cycle_run LABEL DB SIDE REPLENISH BATCH CLIENTS SECS SCRIPT
+#	SIDE: floor (the plain table), or tq, fair or fair_mixed (tq's tables;
+#	fair and fair_mixed are row 5's backlogs spread over tenants).
 #	One pgbench run of a lease+complete script; sets DONE (tasks, or rows,
-#	finished during the run), END_READY (backlog left) and RATE (tasks/s:
-#	pgbench's tps times the tasks finished per transaction).
+#	finished during the run), END_READY (backlog left), RATE (tasks/s:
+#	pgbench's tps times the tasks finished per transaction) and CPU_US (the
+#	server's CPU time per task finished, in microseconds).
 DONE=0
 END_READY=0
 RATE=0
+CPU_US=0
 cycle_run()
 {
-	local label=$1 db=$2 side=$3 replenish=$4 batch=$5 clients=$6 t=$7 script=$8 before
-	if [ "$side" = tq ]; then
+	local label=$1 db=$2 side=$3 replenish=$4 batch=$5 clients=$6 t=$7 script=$8 before cpu0 cpu1
+	if [ "$side" != floor ]; then
 		before=$(tq_done "$db")
 	elif [ "$replenish" = 1 ]; then
 		before=$(plain_inserted "$db")
@@ -604,13 +881,15 @@ cycle_run()
 		before=$(plain_rows "$db")
 	fi
 	logonly ""
-	if [ "$side" = tq ]; then
+	if [ "$side" != floor ]; then
 		logonly "backlog before the run: $(tq_ready "$db") ready"
 	else
 		logonly "backlog before the run: $(plain_ready "$db") ready"
 	fi
+	cpu0=$(server_cpu)
 	pgb "$label" "$db" "$clients" "$t" "$script" -D batch="$batch"
-	if [ "$side" = tq ]; then
+	cpu1=$(server_cpu)
+	if [ "$side" != floor ]; then
 		DONE=$(($(tq_done "$db") - before))
 		END_READY=$(tq_ready "$db")
 	elif [ "$replenish" = 1 ]; then
@@ -621,12 +900,14 @@ cycle_run()
 		END_READY=$(plain_ready "$db")
 	fi
 	RATE=$(calc "$PB_TPS * $DONE / $PB_XACTS")
+	CPU_US=$(calc "($cpu1 - $cpu0) * 1000000 / ($DONE > 0 ? $DONE : 1)")
 	logonly "-> $DONE finished in $PB_XACTS transactions (expected $((PB_XACTS * batch))), $END_READY left ready; $RATE tasks/s"
+	logonly "-> server CPU $(calc "$cpu1 - $cpu0") s ($(fmt_ratio "$(calc "($cpu1 - $cpu0) / $t / $(nproc)")") of the machine's for $t s): $CPU_US us per task"
 }
 
 # measure_cycle DB SIDE BATCH CLIENTS REPLENISH BACKLOG LABEL
-#	Measures one lease+complete configuration; sets RATE (tasks/s) and
-#	VALID (1 or 0).  A warm-up run comes first.  Without REPLENISH (0),
+#	Measures one lease+complete configuration; sets RATE (tasks/s), CPU_US
+#	(of the measured run) and VALID (1 or 0).  A warm-up run comes first.  Without REPLENISH (0),
 #	the measured run starts on a backlog of 1.5 times what the warm-up's
 #	pace finishes in the run (at least BACKLOG), and a run that still runs
 #	dry is repeated on twice the backlog; with REPLENISH (1), the backlog
@@ -636,7 +917,7 @@ measure_cycle()
 {
 	local db=$1 side=$2 batch=$3 clients=$4 replenish=$5 backlog=$6 label=$7
 	local script need try
-	if [ "$side" = tq ]; then
+	if [ "$side" != floor ]; then
 		if [ "$replenish" = 1 ]; then
 			script=$benchdir/cycle_tq.sql
 		elif [ "$batch" = 1 ]; then
@@ -704,13 +985,116 @@ for batch in 1 50; do
 	measure_cycle "$db" floor "$batch" 4 0 "$start" "lease+complete, batch $batch, 4 clients, floor"
 	fr=$RATE fv=$VALID
 	measure_cycle "$db" tq "$batch" 4 0 "$start" "lease+complete, batch $batch, 4 clients, tq"
-	tr=$RATE tv=$VALID
+	tr=$RATE tv=$VALID tc=$CPU_US
 	if [ "$batch" = 50 ]; then
 		cycle_row "tq_lease+tq_complete, batch 50, 4 clients" "$tr" "$tv" "$fr" "$fv" ">= 0.70 of floor" 0.70
+		single_rate=$tr single_valid=$tv single_cpu=$tc
 	else
 		cycle_row "tq_lease+tq_complete, batch 1, 4 clients" "$tr" "$tv" "$fr" "$fv" "-" ""
 	fi
 done
+
+# ---------------------------------------------------------------------------
+# Row 5: the batch-50 cycle on a backlog spread over many tenants, each with
+# a policy row, right after the single-tenant figure above, in a database of
+# its own (bench_lease stays for the synchronous_commit rows).
+
+# thousands 12345: 12 345
+thousands() { printf '%d' "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\| \)/\1 \2\3/' -e 'ta'; }
+
+fdb=bench_fair
+new_db "$fdb"
+max_tenants=$(q "$fdb" "SELECT current_setting('tq.max_tenants')::integer") ||
+	fail "could not read tq.max_tenants"
+[ "$tenants" -le $((max_tenants - 100)) ] ||
+	fail "TQ_BENCH_TENANTS=$tenants needs tq.max_tenants >= $((tenants + 100)); it is $max_tenants"
+# fair_policies: the tenants' policy rows in queue bench of $fdb.
+fair_policies()
+{
+	q "$fdb" "DO \$\$
+	          BEGIN
+	              FOR i IN 1 .. $tenants LOOP
+	                  PERFORM tq_set_tenant('bench', 'tenant-' || i, weight => $fair_weight,
+	                                        rate_per_sec => 1000, burst => 1000, concurrency => 100,
+	                                        backlog_limit => 1000000);
+	              END LOOP;
+	          END
+	          \$\$" || fail "could not set the policies of $tenants tenants in $fdb"
+}
+fair_policies
+# fair_checks LABEL: logs, and sets FAIR_CHECK to, the checks of a fair run:
+# nothing parked (no limit bound), and how many tenants have ready tasks
+# and a shared entry each; FAIR_PARKED: the tasks parked.
+FAIR_CHECK=
+FAIR_PARKED=0
+fair_checks()
+{
+	FAIR_PARKED=$(q "$fdb" "SELECT count(*) FROM tq.task WHERE state = 'paused'") ||
+		fail "could not count the parked tasks of $fdb"
+	FAIR_CHECK=$(q "$fdb" "SELECT format('%s parked, %s tenants with ready tasks, %s with a shared entry',
+	                                     $FAIR_PARKED,
+	                                     (SELECT count(DISTINCT tenant) FROM tq.task WHERE state = 'ready'),
+	                                     (SELECT count(*) FROM tq_tenants WHERE tenant IS NOT NULL AND ready > 0))") ||
+		fail "could not check the tenants of $fdb"
+	logonly "-> $1: $FAIR_CHECK"
+}
+
+# fair_rows LABEL RATE VALID CPU_US: the row of a fair run and its CPU row.
+fair_rows()
+{
+	local ratio verdict
+	ratio=$(calc "$2 / $single_rate")
+	if [ "$3$single_valid" != 11 ]; then
+		verdict=INVALID
+	elif [ "$FAIR_PARKED" != 0 ]; then
+		verdict="INVALID (limit bound)"
+	else
+		verdict=$(met "$ratio" 0.80)
+	fi
+	row2 "$1" "$(fmt_rate "$2")" "$(fmt_rate "$single_rate")" "$(fmt_ratio "$ratio")" ">= 0.80 of no tenant" "$verdict"
+	row2 "  server CPU per task (us); ratio: no tenant / tenants" \
+		"$(fmt_1 "$4")" "$(fmt_1 "$single_cpu")" "$(fmt_ratio "$(calc "$single_cpu / $4")")" "- (CPU cost)" -
+}
+
+# Each tenant's backlog submitted by one call: in the table, a tenant's
+# tasks lie together, while the fair order takes one task of each tenant in
+# turn.
+measure_cycle "$fdb" fair 50 4 0 400000 \
+	"lease+complete, batch 50, 4 clients, $tenants tenants with policies, per-tenant backlog, tq"
+fair_rate=$RATE fair_valid=$VALID fair_cpu=$CPU_US
+fair_checks "per-tenant backlog"
+fair_check=$FAIR_CHECK
+fair_spread=$(q "$fdb" "SELECT format('%s tenants ran tasks; per unit of weight min %s, mean %s, max %s',
+                                      count(*), min(r), round(avg(r), 2), max(r))
+                          FROM (SELECT h.tenant, round((count(*) / min(p.weight))::numeric, 2) AS r
+                                  FROM tq.history h JOIN tq.tenant p USING (queue, tenant)
+                                 WHERE h.queue = 'bench' AND h.state = 'succeeded'
+                                 GROUP BY h.tenant) s") ||
+	fail "could not read the spread of the tasks over the tenants of $fdb"
+logonly "-> tasks run (warm-up and measured run): $fair_spread"
+fair_rows "tq_lease+tq_complete, $(thousands "$tenants") tenants, per-tenant backlog" \
+	"$fair_rate" "$fair_valid" "$fair_cpu"
+
+# The same tenants with a mixed backlog (single submits for random tenants,
+# as from many producers at once).  The queue is dropped with its tasks and
+# made again first, with the same policies: the table starts empty again
+# (VACUUM truncates it), the tenants keep their shared entries (a new
+# database would need as many new ones again, while the dropped database's
+# entries, with live tasks, stay in use).
+t0=$SECONDS
+q "$fdb" "SELECT tq_drop_queue('bench', force => true)" "SELECT tq_create_queue('bench')" >/dev/null ||
+	fail "could not make queue bench again in $fdb"
+fair_policies
+logonly ""
+logonly "queue bench dropped with its tasks and made again, with the tenants' policies, in $((SECONDS - t0)) s"
+measure_cycle "$fdb" fair_mixed 50 4 0 400000 \
+	"lease+complete, batch 50, 4 clients, $tenants tenants with policies, mixed backlog, tq"
+mixed_rate=$RATE mixed_valid=$VALID mixed_cpu=$CPU_US
+fair_checks "mixed backlog"
+mixed_check=$FAIR_CHECK
+fair_rows "tq_lease+tq_complete, $(thousands "$tenants") tenants, mixed backlog" \
+	"$mixed_rate" "$mixed_valid" "$mixed_cpu"
+drop_db "$fdb"
 if [ "${#sync_modes[@]}" -gt 1 ]; then
 	# tq_complete sends a NOTIFY (tq_done) per task: see row 1.
 	PGOPTIONS='-c synchronous_commit=on' measure_cycle "$db" floor 50 4 0 400000 \
@@ -751,12 +1135,66 @@ row "  rate at 1M backlog / rate at 1k backlog" "$(fmt_ratio "$tq_scale")" "$(fm
 	"-" ">= 0.67 (within 1.5x)" "$verdict"
 
 # ---------------------------------------------------------------------------
+# Row 6: rate limit accuracy.  The window runs from a server timestamp taken
+# just before pgbench starts to one taken just after it ends; a task counts
+# when its claim (started_at, the start of the leasing transaction) falls in
+# the window.
+
+rdb=bench_rate
+new_db "$rdb"
+q "$rdb" "SELECT tq_alter_queue('bench', rate_per_sec => $rate_limit, burst => $rate_burst)" >/dev/null ||
+	fail "could not set the rate limit of queue bench in $rdb"
+top_up "$rdb" tq "$rate_backlog"
+clean "$rdb"
+before=$(tq_done "$rdb")
+t0=$(q "$rdb" "SELECT extract(epoch FROM clock_timestamp())")
+pgb "rate limit $rate_limit/s, burst $rate_burst, batch $rate_batch, 4 clients" \
+	"$rdb" 4 "$rate_secs" "$benchdir/lease_tq_n.sql" -D batch="$rate_batch"
+t1=$(q "$rdb" "SELECT extract(epoch FROM clock_timestamp())")
+done_n=$(($(tq_done "$rdb") - before))
+started=$(q "$rdb" "SELECT count(*) FROM tq.history
+                     WHERE queue = 'bench' AND started_at >= to_timestamp($t0) AND started_at < to_timestamp($t1)")
+[ "$started" -eq "$done_n" ] ||
+	fail "rate limit: $done_n tasks completed during the run but $started started in its window"
+[ "$(q "$rdb" "SELECT count(*) FROM tq.task WHERE state <> 'ready'")" -eq 0 ] ||
+	fail "rate limit: tasks left in a state other than ready"
+rate_measured=$(calc "$started / ($t1 - $t0)")
+# Tasks started in each whole second of the window.
+per_sec=$(q "$rdb" "SELECT format('min %s, max %s over %s whole seconds', min(n), max(n), count(*))
+                      FROM (SELECT count(*) AS n FROM tq.history
+                             WHERE queue = 'bench'
+                               AND started_at >= to_timestamp(ceil($t0)) AND started_at < to_timestamp(floor($t1))
+                             GROUP BY date_trunc('second', started_at)) s")
+rate_tps=$PB_TPS
+logonly "-> $started tasks started in $(calc "$t1 - $t0") s: $rate_measured tasks/s; $PB_TPS leases/s"
+logonly "-> tasks started per second: $per_sec"
+row2 "rate limit $rate_limit/s (burst $rate_burst), 4 leasers, ${rate_secs} s (tasks/s)" \
+	"$(fmt_1 "$rate_measured")" "$rate_limit" \
+	"$(fmt_ratio "$(calc "$rate_measured / $rate_limit")")" "95 - 105 tasks/s" \
+	"$(awk "BEGIN { print ($rate_measured >= 95 && $rate_measured <= 105) ? \"yes\" : \"no\" }")"
+drop_db "$rdb"
+
+# ---------------------------------------------------------------------------
 
 say ""
 print_table
 say ""
+say "fair dispatch and limits (0.3.0):"
+print_table rows2 measured reference ratio
+say ""
 say "tasks/s and rows/s: finished tasks (rows) per second of pgbench run time; tq/floor: their ratio."
 say "floor beside \"wake-up by worker\": measured in $worker_db, the worker's database; the other submit floors in bench_submit."
 say "latencies: ms from sending tq_submit (or from run_at) to a LISTENing session receiving tq_ready; $lat_n submits, $delay_n delayed tasks."
+say "second table: tasks/s (rows/s) or, for the rate limit, tasks started per second; reference: the figure the ratio divides by."
+say "fair: lease+complete, batch 50, 4 clients; $(thousands "$tenants") tenants of weights 1-4, each with rate 1000/s, burst 1000,"
+say "      concurrency 100, backlog_limit 1e6; reference: row 3's tq (tasks without a tenant)."
+say "      per-tenant backlog: one tq_submit_many per tenant, tasks per unit of weight alike; after the run:"
+say "      $fair_check; $fair_spread."
+say "      mixed backlog: tq_submit of one task for a random tenant, 8 clients, into the queue dropped and made again;"
+say "      after the run: $mixed_check."
+say "CPU cost: the server's CPU time (postmaster and children, /proc) per task or row; ratio: reference / measured."
+say "rate: $started tasks started in a $(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }") s window ($rate_tps lease calls/s); per whole second: $per_sec."
+say "submits at $submit_clients clients: in $worker_db; reference: INSERT into a copy of tq.task (LIKE ... INCLUDING ALL, no triggers), $submit_clients clients."
+say "load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: other work on the machine is noise)."
 save_server_log
 say "raw pgbench output: $log"
