@@ -857,12 +857,20 @@ reclaim_dropped_dbs(void)
 static FairDb *
 my_db(bool create)
 {
+	/*
+	 * A backend serves one database for life, and a slot is reclaimed only
+	 * once its database is gone, so the slot found is kept.
+	 */
+	static FairDb *mine = NULL;
 	FairDb *freeslot = NULL;
+
+	if (mine != NULL && mine->dboid == MyDatabaseId)
+		return mine;
 
 	for (int i = 0; i < TQ_MAX_DBS; i++)
 	{
 		if (fair->dbs[i].dboid == MyDatabaseId)
-			return &fair->dbs[i];
+			return mine = &fair->dbs[i];
 		if (fair->dbs[i].dboid == InvalidOid && freeslot == NULL)
 			freeslot = &fair->dbs[i];
 	}
@@ -887,7 +895,7 @@ my_db(bool create)
 	freeslot->dboid = MyDatabaseId;
 	pg_atomic_write_u32(&freeslot->state, DB_EMPTY);
 	LWLockRelease(fair->lock);
-	return freeslot;
+	return mine = freeslot;
 }
 
 /* Removes every entry of this database.  Caller holds the lock. */

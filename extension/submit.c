@@ -43,8 +43,6 @@ extern Datum tq_wake(PG_FUNCTION_ARGS);
 
 static SPIPlanPtr queue_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
-static Oid slow_oid = InvalidOid;
-static Oid plans_for_db = InvalidOid;
 
 /* Hands the whole call to tq.submit_slow. */
 static Datum
@@ -53,18 +51,20 @@ submit_slow(FunctionCallInfo fcinfo)
 	FmgrInfo flinfo;
 	LOCAL_FCINFO(slow, NARGS);
 	Datum result;
+	Oid slow_oid;
 
+	/*
+	 * Looked up per call, not cached: the slow path is rare, and a cached
+	 * OID would outlive DROP and CREATE EXTENSION in this session.
+	 */
+	slow_oid = DatumGetObjectId(DirectFunctionCall1(
+		to_regprocedure,
+		CStringGetTextDatum("tq.submit_slow(pg_catalog.text, pg_catalog.jsonb, "
+							"pg_catalog.timestamptz, pg_catalog.int4, pg_catalog.text, "
+							"pg_catalog.text, pg_catalog.int4, pg_catalog.interval, "
+							"pg_catalog.timestamptz)")));
 	if (!OidIsValid(slow_oid))
-	{
-		slow_oid = DatumGetObjectId(DirectFunctionCall1(
-			to_regprocedure,
-			CStringGetTextDatum("tq.submit_slow(pg_catalog.text, pg_catalog.jsonb, "
-								"pg_catalog.timestamptz, pg_catalog.int4, pg_catalog.text, "
-								"pg_catalog.text, pg_catalog.int4, pg_catalog.interval, "
-								"pg_catalog.timestamptz)")));
-		if (!OidIsValid(slow_oid))
-			elog(ERROR, "tq: function tq.submit_slow is missing; reinstall the extension");
-	}
+		elog(ERROR, "tq: function tq.submit_slow is missing; reinstall the extension");
 	fmgr_info(slow_oid, &flinfo);
 	InitFunctionCallInfoData(*slow, &flinfo, NARGS, PG_GET_COLLATION(), NULL, NULL);
 	for (int i = 0; i < NARGS; i++)
@@ -98,7 +98,8 @@ prepare_plans(void)
 	Oid qtypes[2] = {TEXTOID, TEXTOID};
 	Oid itypes[6] = {TEXTOID, TEXTOID, INT2OID, TEXTOID, JSONBOID, INT4OID};
 
-	if (plans_for_db == MyDatabaseId && queue_plan != NULL && insert_plan != NULL)
+	/* Kept plans are re-planned by the plan cache when their tables change. */
+	if (queue_plan != NULL && insert_plan != NULL)
 		return;
 	queue_plan = SPI_prepare("SELECT q.max_attempts, q.paused OR ($2 IS NOT NULL AND EXISTS ("
 							 "    SELECT 1 FROM tq.tenant_pause p"
@@ -117,7 +118,6 @@ prepare_plans(void)
 	if (insert_plan == NULL)
 		elog(ERROR, "tq: preparing the task insert failed: %s", SPI_result_code_string(SPI_result));
 	SPI_keepplan(insert_plan);
-	plans_for_db = MyDatabaseId;
 }
 
 /*

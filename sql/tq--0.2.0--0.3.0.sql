@@ -683,11 +683,9 @@ BEGIN
             RETURN v_owner;
         END IF;
     END IF;
-    -- After dedup: a producer retrying an idempotent submit gets its id
-    -- back even from a full queue.
-    IF q.backlog_limit IS NOT NULL THEN
-        PERFORM tq.check_backlog(q, tenant, 1);
-    END IF;
+    -- Backlog limits: checked by the insert's trigger (tq.task_row), after
+    -- dedup, so a producer retrying an idempotent submit gets its id back
+    -- even from a full queue.
 
     INSERT INTO tq.task (id, queue, state, priority, tenant, payload, dedup_key, run_at,
                          expires_at, timeout, max_attempts)

@@ -51,5 +51,20 @@ is($node->safe_psql('postgres', q{SELECT ready FROM tq_tenants WHERE queue = 'ca
 is($node->safe_psql('postgres', q{SELECT count(*) FROM tq_lease('w', ARRAY['cap'], 10)}),
 	'1', 'and its concurrency quota (1) is enforced');
 
+# Two-phase commit of a transaction that changed tasks is refused: the
+# shared counts it changed are settled at commit, which PREPARE would
+# orphan.  Nothing is left behind.
+$node->append_conf('postgresql.conf', "max_prepared_transactions = 2\n");
+$node->restart;
+my ($ret, $out, $err) = $node->psql('postgres',
+	q{BEGIN; SELECT tq_submit('cap', '{}'); PREPARE TRANSACTION 'tq_2pc';});
+like($err, qr/cannot PREPARE a transaction that changed tq tasks/,
+	'PREPARE TRANSACTION after a submit is refused, with a clear message');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_prepared_xacts}),
+	'0', 'no prepared transaction is left');
+is($node->safe_psql('postgres', q{SELECT ready FROM tq_queue_stats WHERE queue = 'cap'}),
+	$node->safe_psql('postgres', q{SELECT count(*) FROM tq.task WHERE queue = 'cap' AND state = 'ready'}),
+	'and the shared ready count still matches the table');
+
 $node->stop;
 done_testing();
