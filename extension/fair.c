@@ -63,6 +63,28 @@
  * because every change passes through this trigger first.  Token buckets
  * start full.  CREATE and ALTER EXTENSION reset a database's entries.
  *
+ * Scan floor.  A claim leaves the task's dispatch-index entry dead, and
+ * PostgreSQL removes such entries only once the claiming transaction's
+ * commit is known durable and older than every snapshot; with
+ * synchronous_commit = off that takes until the next WAL flush, and every
+ * lease meanwhile walked over all of them from the head of the index,
+ * visiting a heap page for each (in fair order, a different page each:
+ * this was most of the cost of fair dispatch).  So each queue entry keeps
+ * a floor in (vkey, id) order before which no committed ready task lies,
+ * and tq_lease starts its claim there (tq.lease_floor).  The floor is
+ * lowered, when a transaction ends, to the key of every task it made ready
+ * (commit) or took out of ready (abort, also of a subtransaction: a claim
+ * or a parking undone): by then those tasks are visible to others; the
+ * transaction itself starts its probes below tasks it made ready.  It is raised by a probe of the
+ * first ready task visible to a fresh snapshot at or after the floor (a
+ * task locked by an unfinished claim is visible, so the floor never
+ * passes one).  A task made ready by a commit the probe did not see was
+ * lowered into low_acc after the floor was read: the raise goes no
+ * further than low_acc, and only if no other raise began a new epoch in
+ * between (then the probe's result alone is not trusted).  Repeatable
+ * read and serializable transactions, whose snapshot may predate the
+ * floor, only read it.
+ *
  * Capacity.  tq.max_tenants entries in all.  When full, entries of
  * tenants with no live task are evicted (their clocks are behind V or
  * nearly so, which a new entry reproduces).  If none can be evicted, a new
@@ -109,6 +131,7 @@
 
 PG_FUNCTION_INFO_V1(tq_task_row);
 PG_FUNCTION_INFO_V1(tq_lease_room);
+PG_FUNCTION_INFO_V1(tq_lease_floor);
 PG_FUNCTION_INFO_V1(tq_take_parked);
 PG_FUNCTION_INFO_V1(tq_held_work);
 PG_FUNCTION_INFO_V1(tq_held_done);
@@ -163,6 +186,11 @@ typedef struct FairEntry
 	bool held;       /* has parked tasks waiting for room */
 	int64 unparked;  /* tasks moved back to ready, not yet claimed (about) */
 	uint32 held_gen; /* bumped whenever held is set */
+	/* queues: the scan floor (see "Scan floor" in the file header) */
+	double floor_key;   /* no committed ready task sorts before */
+	int64 floor_id;     /* (floor_key, floor_id) in (vkey, id) order */
+	double low_acc;     /* lowest key lowered since floor_epoch began */
+	uint32 floor_epoch; /* bumped at every raise attempt that may succeed */
 } FairEntry;
 
 #define DB_EMPTY 0
@@ -398,6 +426,9 @@ enter(const FairKey *k, TimestampTz now, bool *full)
 		e->backlog_limit = -1;
 		e->aging = 1e6;
 		e->tokens_at = now;
+		e->floor_key = -INFINITY;
+		e->floor_id = PG_INT64_MIN;
+		e->low_acc = INFINITY;
 	}
 	return e;
 }
@@ -526,6 +557,8 @@ typedef struct LocalAcct
 	bool set_held;           /* tenant parked tasks: mark held at commit */
 	bool clear_held;         /* none parked left (as of clear_gen): clear at commit */
 	uint32 clear_gen;
+	double lower;     /* queues: lowest key of tasks made ready; floor at commit */
+	double taken_min; /* queues: lowest key taken out of ready; floor at abort */
 } LocalAcct;
 
 static HTAB *local_acct = NULL;
@@ -546,6 +579,17 @@ static int64 parked_in_xact = 0; /* for tq.take_parked */
 static void fair_xact_callback(XactEvent event, void *arg);
 static void fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								  SubTransactionId parentSubid, void *arg);
+
+static void
+acct_init(LocalAcct *a)
+{
+	memset(a->applied, 0, sizeof(a->applied));
+	memset(a->deferred, 0, sizeof(a->deferred));
+	a->set_held = false;
+	a->clear_held = false;
+	a->lower = INFINITY;
+	a->taken_min = INFINITY;
+}
 
 static LocalAcct *
 local_slot(const FairKey *fk)
@@ -576,12 +620,7 @@ local_slot(const FairKey *fk)
 	lk.subid = GetCurrentSubTransactionId();
 	a = hash_search(local_acct, &lk, HASH_ENTER, &found);
 	if (!found)
-	{
-		memset(a->applied, 0, sizeof(a->applied));
-		memset(a->deferred, 0, sizeof(a->deferred));
-		a->set_held = false;
-		a->clear_held = false;
-	}
+		acct_init(a);
 	return a;
 }
 
@@ -658,6 +697,24 @@ local_reset(void)
 }
 
 /*
+ * Lowers a queue's scan floor to key (+inf: nothing to do).  Called with
+ * the lock held, after the tasks concerned became visible to others: see
+ * "Scan floor" in the file header.
+ */
+static void
+lower_floor(FairEntry *e, double key)
+{
+	if (e->key.kind != KIND_QUEUE || !(key < INFINITY))
+		return;
+	if (key <= e->floor_key)
+	{
+		e->floor_key = key;
+		e->floor_id = PG_INT64_MIN;
+	}
+	e->low_acc = Min(e->low_acc, key);
+}
+
+/*
  * Applies (commit) or undoes (abort) the accounting in the local slots
  * selected by subid (InvalidSubTransactionId: all).  Must not fail.
  */
@@ -706,6 +763,8 @@ settle(bool commit, SubTransactionId subid)
 			}
 			if (commit && e->held && a->deferred[ST_RUNNING] > 0 && room_now(e, now) >= 1)
 				wake = true;
+			/* Tasks made ready (commit), or claims undone (abort). */
+			lower_floor(e, commit ? a->lower : a->taken_min);
 		}
 		if (subid != InvalidSubTransactionId)
 			hash_search(local_acct, &a->key, HASH_REMOVE, NULL);
@@ -784,12 +843,9 @@ fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransacti
 			c->key.subid = parentSubid;
 			p = hash_search(local_acct, &c->key, HASH_ENTER, &found);
 			if (!found)
-			{
-				memset(p->applied, 0, sizeof(p->applied));
-				memset(p->deferred, 0, sizeof(p->deferred));
-				p->set_held = false;
-				p->clear_held = false;
-			}
+				acct_init(p);
+			p->lower = Min(p->lower, c->lower);
+			p->taken_min = Min(p->taken_min, c->taken_min);
 			for (int s = 0; s < NSTATES; s++)
 			{
 				p->applied[s] += c->applied[s];
@@ -1343,7 +1399,7 @@ tq_task_row(PG_FUNCTION_ARGS)
 	FairEntry *qe, *te;
 	TimestampTz now;
 	bool isnull;
-	Datum vkey_d;
+	Datum vkey_d = (Datum) 0;
 	bool vkey_null = true;
 	int priority = 0;
 	enum
@@ -1355,6 +1411,7 @@ tq_task_row(PG_FUNCTION_ARGS)
 		SKIP
 	} action = KEEP;
 	double key = 0;
+	double old_key = NAN; /* of a task leaving ready */
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
@@ -1394,6 +1451,13 @@ tq_task_row(PG_FUNCTION_ARGS)
 	now = GetCurrentTimestamp();
 	lock_entries(queue, tenant, true, &qe, &te, now);
 
+	if (olds == ST_READY)
+	{
+		Datum d = heap_getattr(oldt, cols.att_vkey, desc, &isnull);
+
+		if (!isnull)
+			old_key = DatumGetFloat8(d);
+	}
 	if (olds == ST_READY && news == ST_RUNNING)
 	{
 		/* The claim gate. */
@@ -1459,6 +1523,25 @@ tq_task_row(PG_FUNCTION_ARGS)
 	account(te, news, 1);
 	account(qe, olds, -1);
 	account(te, olds, -1);
+	if (qe && news == ST_READY)
+	{
+		/* The scan floor drops to this key at commit. */
+		double k = action == SET_KEY ? key : vkey_null ? NAN : DatumGetFloat8(vkey_d);
+
+		if (!isnan(k))
+		{
+			LocalAcct *a = local_slot(&qe->key);
+
+			a->lower = Min(a->lower, k);
+		}
+	}
+	else if (qe && !isnan(old_key))
+	{
+		/* ... and to this one if the transaction aborts. */
+		LocalAcct *a = local_slot(&qe->key);
+
+		a->taken_min = Min(a->taken_min, old_key);
+	}
 
 	if (action == PARK)
 	{
@@ -1509,6 +1592,153 @@ tq_lease_room(PG_FUNCTION_ARGS)
 	if (room < 0)
 		room = 0;
 	PG_RETURN_INT32(room < want ? (int32) room : want);
+}
+
+/*
+ * tq.lease_floor(queue text, OUT vkey float8, OUT id bigint)
+ *
+ * Where tq_lease's claim scan of the queue starts, in (vkey, id) order:
+ * past the claimed tasks whose index entries are dead but not yet
+ * removable.  Probes the first ready task visible now at or after the
+ * queue's scan floor, raises the floor to it when that is safe, and
+ * returns it (or the floor, if the probe found none).  See "Scan floor"
+ * in the file header.
+ */
+static SPIPlanPtr floor_plan = NULL;
+
+Datum
+tq_lease_floor(PG_FUNCTION_ARGS)
+{
+	char *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	TupleDesc rdesc;
+	FairKey qk;
+	FairEntry *qe;
+	double fkey = -INFINITY, first_key = INFINITY;
+	int64 fid = PG_INT64_MIN, first_id = PG_INT64_MAX;
+	uint32 epoch = 0;
+	bool known;
+	Datum args[3];
+	Datum result[2];
+	bool rnulls[2] = {false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &rdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "tq.lease_floor: return type must be a row type");
+	rdesc = BlessTupleDesc(rdesc);
+
+	ensure_ready();
+	make_key(&qk, queue, NULL, true);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
+	known = qe != NULL;
+	if (known)
+	{
+		fkey = qe->floor_key;
+		fid = qe->floor_id;
+		epoch = qe->floor_epoch;
+	}
+	LWLockRelease(fair->lock);
+
+	/*
+	 * Tasks this transaction made ready lower the floor only at commit, but
+	 * this transaction sees them now.
+	 */
+	if (local_acct != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		LocalAcct *a;
+
+		hash_seq_init(&seq, local_acct);
+		while ((a = hash_seq_search(&seq)) != NULL)
+			if (a->lower <= fkey && memcmp(&a->key.fk, &qk, sizeof(FairKey)) == 0)
+			{
+				fkey = a->lower;
+				fid = PG_INT64_MIN;
+			}
+	}
+
+	/* The probe must see everything committed before the floor was read. */
+	if (known && !IsolationUsesXactSnapshot())
+	{
+		int ret;
+
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "tq: SPI_connect failed");
+		if (floor_plan == NULL)
+		{
+			Oid types[3] = {TEXTOID, FLOAT8OID, INT8OID};
+			SPIPlanPtr p =
+				SPI_prepare("SELECT t.vkey, t.id FROM tq.task t"
+							" WHERE t.queue OPERATOR(pg_catalog.=) $1"
+							"   AND t.state OPERATOR(pg_catalog.=) 'ready'::tq.task_state"
+							"   AND (t.vkey, t.id) OPERATOR(pg_catalog.>=) ($2, $3)"
+							" ORDER BY t.vkey, t.id LIMIT 1",
+							3, types);
+
+			if (p == NULL)
+				elog(ERROR, "tq: preparing the floor probe failed: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(p);
+			floor_plan = p;
+		}
+		args[0] = PG_GETARG_DATUM(0);
+		args[1] = Float8GetDatum(fkey);
+		args[2] = Int64GetDatum(fid);
+		/* Not read-only: a snapshot of its own, taken now. */
+		ret = SPI_execute_plan(floor_plan, args, NULL, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "tq: the floor probe failed: %s", SPI_result_code_string(ret));
+		if (SPI_processed == 1)
+		{
+			bool n1, n2;
+			HeapTuple t = SPI_tuptable->vals[0];
+			Datum k = SPI_getbinval(t, SPI_tuptable->tupdesc, 1, &n1);
+			Datum i = SPI_getbinval(t, SPI_tuptable->tupdesc, 2, &n2);
+
+			if (!n1 && !n2)
+			{
+				first_key = DatumGetFloat8(k);
+				first_id = DatumGetInt64(i);
+			}
+		}
+		SPI_finish();
+
+		LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+		qe = hash_search(fair_hash, &qk, HASH_FIND, NULL);
+		if (qe != NULL && qe->floor_epoch == epoch)
+		{
+			/*
+			 * Tasks made ready since the epoch began (a superset of those
+			 * committed too late for the probe) may sort before the first
+			 * task found; any id of a key in low_acc may.  Either way a new
+			 * epoch begins: what low_acc held is in the floor already.
+			 */
+			double rkey = first_key;
+			int64 rid = first_id;
+
+			if (qe->low_acc <= rkey)
+			{
+				rkey = qe->low_acc;
+				rid = PG_INT64_MIN;
+			}
+			if (rkey < INFINITY &&
+				(rkey > qe->floor_key || (rkey == qe->floor_key && rid > qe->floor_id)))
+			{
+				qe->floor_key = rkey;
+				qe->floor_id = rid;
+			}
+			qe->low_acc = INFINITY;
+			qe->floor_epoch++;
+		}
+		LWLockRelease(fair->lock);
+		if (first_key < INFINITY)
+		{
+			fkey = first_key;
+			fid = first_id;
+		}
+	}
+	result[0] = Float8GetDatum(fkey);
+	result[1] = Int64GetDatum(fid);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(rdesc, result, rnulls)));
 }
 
 /* tq.take_parked() returns bigint: tasks parked by this transaction's claims since the last call. */
