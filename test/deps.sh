@@ -7,6 +7,8 @@
 #                                          Perl TAP kit (PostgreSQL::Test::Cluster)
 #                                          with pg_regress and pg_isolation_regress
 #   libev-dev                              tqd's event loop
+#   libinih-dev                            tqd's INI config parser
+#   libjansson-dev                         tqd's JSON (results, outcome batches)
 #   postgresql-15-pgtap                    the pgTAP extension
 #   libtap-parser-sourcehandler-pgtap-perl pg_prove
 #   libipc-run-perl                        IPC::Run, needed by PostgreSQL::Test::*
@@ -21,6 +23,8 @@ set -euo pipefail
 packages=(
 	postgresql-server-dev-15
 	libev-dev
+	libinih-dev
+	libjansson-dev
 	postgresql-15-pgtap
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl

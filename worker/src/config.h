@@ -1,0 +1,110 @@
+/*
+ * config.h
+ *	  tqd's configuration: an INI file parsed with libinih through one
+ *	  declarative table of keys (config.c), into a Config that the daemon
+ *	  swaps whole on reload.
+ *
+ * File layout:
+ *
+ *	[tqd]                  global keys (conninfo, slots, intervals, ...)
+ *	[queue:NAME]           one section per queue tqd serves
+ *
+ * Every key, its type, default and bounds are in config.c's table; the
+ * sample file worker/tqd.conf.sample lists every key at its default (a
+ * unit test checks that it does).  Durations are written with a unit
+ * (ms, s, min, h), sizes with one (B, kB, MB, GB; 1024-based).
+ *
+ * Ownership: config_load returns a Config that owns every string and
+ * array in it; config_free frees all of it.  Nothing else points into a
+ * Config once it is freed: the daemon copies what a running task needs.
+ */
+#ifndef TQD_CONFIG_H
+#define TQD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+typedef enum LogLevel
+{
+	LOG_DEBUG,
+	LOG_INFO,
+	LOG_WARNING,
+	LOG_ERROR,
+} LogLevel;
+
+typedef enum HandlerKind
+{
+	HANDLER_NOOP, /* completes at once, result null */
+	HANDLER_EXEC, /* runs a program (exec.c) */
+	HANDLER_SQL,  /* calls a database function */
+} HandlerKind;
+
+typedef struct QueueConf
+{
+	char *name;          /* the queue, from [queue:NAME] */
+	int line;            /* line of the section header, for messages */
+	HandlerKind handler; /* handler = noop | exec | sql */
+	int concurrency;     /* tasks of this queue at once in this tqd */
+	double timeout;      /* s; 0 = the task's own timeout only; else the smaller */
+	double kill_grace;   /* s between SIGTERM and SIGKILL of a task's group */
+	/* exec */
+	char *command;        /* as written */
+	char **argv;          /* command split into words, NULL-terminated */
+	size_t max_output;    /* bytes of stdout kept as the result */
+	size_t max_log_bytes; /* bytes of stderr kept as log lines */
+	int max_log_lines;    /* stderr lines kept */
+	size_t memory_limit;  /* bytes, RLIMIT_AS; 0 = none */
+	double cpu_limit;     /* s, RLIMIT_CPU; 0 = none */
+	int throttled_exit;   /* exit status meaning "throttled" */
+	/* sql */
+	char *function; /* function called with the payload, e.g. app.handle */
+} QueueConf;
+
+typedef struct Config
+{
+	char *path;               /* the file read */
+	char *conninfo;           /* libpq connection string */
+	char *worker_name;        /* "" = host:pid */
+	int slots;                /* tasks at once over all queues */
+	int lease_batch;          /* most tasks per tq_lease call */
+	double flush_interval;    /* s: outcomes are sent in groups this often */
+	double poll_interval;     /* s: lease without a notification this often */
+	double heartbeat_interval; /* s; 0 = a third of the shortest lease */
+	double drain_timeout;     /* s: SIGTERM waits this long for running tasks */
+	double reconnect_min;     /* s: first reconnect delay */
+	double reconnect_max;     /* s: cap of the doubling delay */
+	double connect_timeout;   /* s: one connection attempt at most */
+	LogLevel log_level;
+	QueueConf *queues;
+	int nqueues;
+} Config;
+
+/*
+ * Reads and checks the file.  Returns NULL on any error, with a message in
+ * err of the form "FILE:LINE: key \"KEY\": what is wrong" (or "FILE: ..."
+ * for errors not tied to a line, such as a missing file or no queue).
+ */
+extern Config *config_load(const char *path, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+extern void config_free(Config *c);
+extern const QueueConf *config_queue(const Config *c, const char *name);
+
+/*
+ * Splits a command line into words without a shell: blanks separate
+ * words; single quotes keep everything literal; double quotes keep blanks,
+ * and a backslash inside them escapes " and \ only; outside quotes a
+ * backslash escapes the next character.  No variables, globs or
+ * substitutions.  Returns the number of words (argv NULL-terminated, owned
+ * by the caller: free with free_argv), or -1 with a message in err.
+ */
+extern int split_argv(const char *s, char ***argv, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
+extern void free_argv(char **argv);
+
+/* Prints every key at its default, as the sample file does. */
+extern void config_print_defaults(FILE *out);
+
+extern const char *log_level_name(LogLevel l);
+
+#endif
