@@ -1,7 +1,8 @@
 # tq top-level Makefile.
 #
-#   make            build the extension
-#   make install    install it into the PostgreSQL found by pg_config
+#   make            build the extension and tqd, the worker daemon
+#   make install    install the extension into the PostgreSQL found by
+#                   pg_config, and tqd into $(prefix)/bin
 #   make check      install the build dependencies if missing, build, install,
 #                   and run every test against a throwaway cluster
 #   make demo       the main job: a throwaway cluster with tq, tasks flowing
@@ -9,19 +10,23 @@
 #   make format     reformat the C sources with the pinned .clang-format
 PG_CONFIG ?= pg_config
 
-.PHONY: all extension install uninstall check demo bench deps clean format format-check
+.PHONY: all extension worker install uninstall check demo bench deps clean format format-check
 
 # Our C sources, formatted by the pinned .clang-format.
-C_SOURCES = $(wildcard extension/*.c extension/*.h)
+C_SOURCES = $(wildcard extension/*.c extension/*.h worker/src/*.c worker/src/*.h worker/test/*.c worker/test/*.h)
 CLANG_FORMAT ?= clang-format
 
-all: extension
+all: extension worker
 
 extension:
 	$(MAKE) -C extension PG_CONFIG=$(PG_CONFIG)
 
-install: extension
+worker:
+	$(MAKE) -C worker PG_CONFIG=$(PG_CONFIG)
+
+install: extension worker
 	$(MAKE) -C extension PG_CONFIG=$(PG_CONFIG) install
+	$(MAKE) -C worker PG_CONFIG=$(PG_CONFIG) install
 
 uninstall:
 	$(MAKE) -C extension PG_CONFIG=$(PG_CONFIG) uninstall
@@ -55,4 +60,5 @@ bench: deps
 
 clean:
 	$(MAKE) -C extension clean
+	$(MAKE) -C worker clean
 	rm -rf test/results test/tmp

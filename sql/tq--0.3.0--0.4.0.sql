@@ -1,7 +1,8 @@
 /*
  * tq 0.3.0 -> 0.4.0: leases that do not walk over the dead index entries
- * of tasks just claimed, and plans that do not scan every running task to
- * finish a few.
+ * of tasks just claimed, plans that do not scan every running task to
+ * finish a few, and task logs (tq_append_log, tq_task_log) for workers
+ * such as tqd.
  *
  * Needs the 0.4.0 library loaded: install it, restart the server, then
  * ALTER EXTENSION tq UPDATE.
@@ -189,7 +190,143 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Task logs (lines a worker captured, e.g. tqd's exec handler's stderr)
+------------------------------------------------------------------------------
+
+ALTER TABLE tq.task ADD COLUMN log jsonb;
+COMMENT ON COLUMN tq.task.log IS 'Log lines the workers reported, oldest first, as [attempt, line] pairs; the last 1000 are kept (tq_task_log).';
+ALTER TABLE tq.history ADD COLUMN log jsonb;
+COMMENT ON COLUMN tq.history.log IS 'The task''s log lines, kept from tq.task (tq_task_log).';
+
+-- As in 0.1.0, and the log goes to history with the task.
+CREATE OR REPLACE FUNCTION tq.finish(p_ids bigint[], p_attempts integer[], p_from tq.task_state[],
+                          p_to tq.task_state[], p_results jsonb[], p_errors text[])
+    RETURNS TABLE (id bigint, attempt integer)
+    LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    f_ids bigint[];
+    f_attempts integer[];
+    f_queues text[];
+    f_states tq.task_state[];
+    f_keys text[];
+BEGIN
+    WITH u AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_to, p_results, p_errors)
+            AS u(id, attempt, to_state, result, error)
+    ), d AS (
+        DELETE FROM tq.task t
+        USING u
+        WHERE t.id = u.id
+          AND (u.attempt IS NULL OR t.attempt = u.attempt)
+          AND t.state = ANY (p_from)
+        RETURNING t.*, u.to_state, u.result AS new_result, u.error AS new_error
+    ), h AS (
+        INSERT INTO tq.history (id, queue, state, priority, tenant, payload, result, last_error,
+                                dedup_key, run_at, expires_at, timeout, max_attempts, attempt,
+                                free_attempts, throttles, worker, submitted_at, first_started_at,
+                                started_at, finished_at, log)
+        SELECT d.id, d.queue, d.to_state, d.priority, d.tenant, d.payload, d.new_result,
+               coalesce(d.new_error, d.last_error), d.dedup_key, d.run_at, d.expires_at, d.timeout,
+               d.max_attempts, d.attempt, d.free_attempts, d.throttles, d.worker, d.submitted_at,
+               d.first_started_at, d.started_at, now(), d.log
+        FROM d
+        RETURNING id, attempt, queue, state, dedup_key
+    )
+    SELECT array_agg(h.id), array_agg(h.attempt), array_agg(h.queue), array_agg(h.state),
+           array_agg(h.dedup_key)
+      INTO f_ids, f_attempts, f_queues, f_states, f_keys
+      FROM h;
+    IF f_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    IF array_remove(f_keys, NULL) <> '{}' THEN
+        UPDATE tq.dedup x SET until = now() + q.dedup_window
+          FROM unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+          JOIN tq.queue q ON q.name = h.queue
+         WHERE h.state = 'succeeded' AND h.dedup_key IS NOT NULL
+           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+        DELETE FROM tq.dedup x
+         USING unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+         WHERE h.state <> 'succeeded' AND h.dedup_key IS NOT NULL
+           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+    END IF;
+
+    PERFORM pg_catalog.pg_notify('tq_done',
+                pg_catalog.json_agg(pg_catalog.json_build_object('id', n.id, 'queue', n.queue,
+                                                                 'state', n.state) ORDER BY n.o)::text)
+       FROM unnest(f_ids, f_queues, f_states) WITH ORDINALITY AS n(id, queue, state, o)
+      GROUP BY (n.o - 1) / 100;
+
+    RETURN QUERY SELECT * FROM unnest(f_ids, f_attempts);
+END
+$$;
+
+/*
+ * Appends log lines to running tasks, each at the attempt the worker holds
+ * (fencing: a stale attempt's lines are dropped).  lines[i] is a JSON array
+ * of strings, or null.  Keeps the last 1000 lines of a task.
+ */
+CREATE FUNCTION @extschema@.tq_append_log(ids bigint[], attempts integer[], lines jsonb[])
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+    IF cardinality(tq_append_log.ids) IS DISTINCT FROM cardinality(tq_append_log.attempts)
+       OR cardinality(tq_append_log.ids) IS DISTINCT FROM cardinality(tq_append_log.lines) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'ids, attempts and lines must have the same length',
+            HINT = 'Pass one attempt and one JSON array of lines (or null) per task id.';
+    END IF;
+    WITH u AS (
+        SELECT * FROM unnest(tq_append_log.ids, tq_append_log.attempts, tq_append_log.lines)
+            AS u(id, attempt, l)
+         WHERE CASE WHEN jsonb_typeof(u.l) = 'array' THEN jsonb_array_length(u.l) > 0 ELSE false END
+    ), up AS (
+        UPDATE tq.task t
+           SET log = (SELECT jsonb_agg(x.e ORDER BY x.o)
+                        FROM jsonb_array_elements(coalesce(t.log, '[]'::jsonb)
+                                                  || (SELECT jsonb_agg(jsonb_build_array(u.attempt,
+                                                                  CASE WHEN jsonb_typeof(e) = 'string'
+                                                                       THEN e #>> '{}' ELSE e::text END)
+                                                                  ORDER BY o)
+                                                        FROM jsonb_array_elements(u.l) WITH ORDINALITY a(e, o)))
+                             WITH ORDINALITY x(e, o)
+                       WHERE x.o > jsonb_array_length(coalesce(t.log, '[]'::jsonb)) + jsonb_array_length(u.l) - 1000)
+          FROM u
+         WHERE t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
+        RETURNING 1
+    )
+    SELECT count(*) INTO n FROM up;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.tq_append_log(bigint[], integer[], jsonb[]) IS
+'Appends log lines (a JSON array of strings per task) to running tasks at the given attempts; returns how many tasks took them. Keeps the last 1000 lines of a task.';
+
+CREATE FUNCTION @extschema@.tq_task_log(id bigint)
+    RETURNS TABLE (attempt integer, n integer, line text)
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT (e ->> 0)::integer, o::integer, e ->> 1
+      FROM (SELECT t.log FROM tq.task t WHERE t.id = tq_task_log.id
+            UNION ALL
+            SELECT h.log FROM tq.history h WHERE h.id = tq_task_log.id
+            LIMIT 1) s,
+           jsonb_array_elements(s.log) WITH ORDINALITY AS x(e, o)
+     ORDER BY o
+$$;
+COMMENT ON FUNCTION @extschema@.tq_task_log(bigint) IS
+'The task''s log lines, oldest first: the attempt that wrote each, its number, its text.';
+
+------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION tq.lease_floor(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.tq_append_log(bigint[], integer[], jsonb[]),
+    @extschema@.tq_task_log(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.tq_append_log(bigint[], integer[], jsonb[]) TO tq_worker;
+GRANT EXECUTE ON FUNCTION @extschema@.tq_task_log(bigint) TO tq_producer, tq_worker, tq_admin;

@@ -13,7 +13,9 @@
 #   upgrade    test/upgrade/run.sh: oldest version, every ALTER EXTENSION
 #              UPDATE, and the same catalog as a fresh install
 #   tap        test/tap/*.pl with prove and PostgreSQL::Test::Cluster; these
-#              start (and crash) clusters of their own
+#              start (and crash) clusters of their own, and real tqd
+#              processes (010_tqd.pl)
+#   unit       tqd's C unit tests (worker/test/test_*.c, make -C worker check)
 #
 # The first three share one throwaway cluster (test/cluster.sh).  A failing
 # layer does not stop the others; the exit status is non-zero if anything
@@ -27,7 +29,7 @@
 #
 # Settings (environment): TQ_TEST_PORT, TQ_TEST_CONF, TQ_TEST_KEEP, see
 # test/cluster.sh; TQ_TEST_LAYERS, a space-separated subset of
-# "pgtap isolation upgrade tap" to run (default: all).
+# "unit pgtap isolation upgrade tap" to run (default: all).
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,7 +48,7 @@ pgxs_dir=$(dirname "$(pg_config --pgxs)")
 pg_testdir=$(cd "$pgxs_dir/../test" && pwd)
 bindir=$(pg_config --bindir)
 results=$top/test/results
-layers=${TQ_TEST_LAYERS:-pgtap isolation upgrade tap}
+layers=${TQ_TEST_LAYERS:-unit pgtap isolation upgrade tap}
 
 passed=0
 failed=0
@@ -115,6 +117,33 @@ count_harness_failures()
 		fi
 	done
 	echo "$n"
+}
+
+# ---------------------------------------------------------------------------
+# tqd's C unit tests: the pure parts (config, exec classification, capture
+# limits, backoff, logfmt), each test_*.c a TAP program run by prove.
+layer_unit()
+{
+	local out rc=0 nfail names=() f
+	for f in worker/test/test_*.c; do
+		[ -f "$f" ] || continue
+		names+=("test/$(basename "$f" .c)")
+	done
+	if [ "${#names[@]}" -eq 0 ]; then
+		echo "unit: no tests in worker/test, skipped"
+		return 0
+	fi
+	say "unit: ${#names[@]} C test program(s) with prove"
+	mkdir -p "$results"
+	out=$results/unit.log
+	make -s -C worker check 2>&1 | tee "$out" || rc=$?
+	nfail=$(count_harness_failures "$out" "${names[@]}")
+	if [ "$rc" -ne 0 ] && [ "$nfail" -eq 0 ]; then
+		nfail=${#names[@]}
+	fi
+	passed=$((passed + ${#names[@]} - nfail))
+	failed=$((failed + nfail))
+	[ "$nfail" -eq 0 ] || layer_failed unit
 }
 
 # ---------------------------------------------------------------------------
@@ -344,6 +373,7 @@ fi
 _tq_cluster_chain_trap EXIT tap_cleanup
 echo "tests: cluster running on socket $PGHOST port $PGPORT, log $tq_cluster_logfile"
 
+if want_layer unit; then layer_unit; fi
 if want_layer pgtap; then layer_pgtap; fi
 if want_layer isolation; then layer_isolation; fi
 if want_layer upgrade; then layer_upgrade; fi

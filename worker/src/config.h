@@ -63,18 +63,18 @@ typedef struct QueueConf
 
 typedef struct Config
 {
-	char *path;               /* the file read */
-	char *conninfo;           /* libpq connection string */
-	char *worker_name;        /* "" = host:pid */
-	int slots;                /* tasks at once over all queues */
-	int lease_batch;          /* most tasks per tq_lease call */
-	double flush_interval;    /* s: outcomes are sent in groups this often */
-	double poll_interval;     /* s: lease without a notification this often */
+	char *path;                /* the file read */
+	char *conninfo;            /* libpq connection string */
+	char *worker_name;         /* "" = host:pid */
+	int slots;                 /* tasks at once over all queues */
+	int lease_batch;           /* most tasks per tq_lease call */
+	double flush_interval;     /* s: outcomes are sent in groups this often */
+	double poll_interval;      /* s: lease without a notification this often */
 	double heartbeat_interval; /* s; 0 = a third of the shortest lease */
-	double drain_timeout;     /* s: SIGTERM waits this long for running tasks */
-	double reconnect_min;     /* s: first reconnect delay */
-	double reconnect_max;     /* s: cap of the doubling delay */
-	double connect_timeout;   /* s: one connection attempt at most */
+	double drain_timeout;      /* s: SIGTERM waits this long for running tasks */
+	double reconnect_min;      /* s: first reconnect delay */
+	double reconnect_max;      /* s: cap of the doubling delay */
+	double connect_timeout;    /* s: one connection attempt at most */
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;

@@ -37,17 +37,17 @@
 
 typedef struct ExecSpec
 {
-	char *const *argv;     /* argv[0] is looked up in PATH if it has no '/' */
-	char *const *env;      /* extra NAME=VALUE entries added to tqd's own */
-	const char *input;     /* written to stdin, then stdin is closed */
+	char *const *argv; /* argv[0] is looked up in PATH if it has no '/' */
+	char *const *env;  /* extra NAME=VALUE entries added to tqd's own */
+	const char *input; /* written to stdin, then stdin is closed */
 	size_t input_len;
-	double timeout;        /* s; 0 = none */
-	double kill_grace;     /* s between SIGTERM and SIGKILL */
-	size_t max_output;     /* stdout bytes kept; the rest is read and dropped */
-	size_t max_log_bytes;  /* stderr bytes kept in lines */
-	int max_log_lines;     /* stderr lines kept (each line also cut at 4 kB) */
-	size_t memory_limit;   /* RLIMIT_AS in bytes; 0 = unchanged */
-	double cpu_limit;      /* RLIMIT_CPU in s; 0 = unchanged */
+	double timeout;       /* s; 0 = none */
+	double kill_grace;    /* s between SIGTERM and SIGKILL */
+	size_t max_output;    /* stdout bytes kept; the rest is read and dropped */
+	size_t max_log_bytes; /* stderr bytes kept in lines */
+	int max_log_lines;    /* stderr lines kept (each line also cut at 4 kB) */
+	size_t memory_limit;  /* RLIMIT_AS in bytes; 0 = unchanged */
+	double cpu_limit;     /* RLIMIT_CPU in s; 0 = unchanged */
 } ExecSpec;
 
 typedef enum ExecEnd
@@ -62,16 +62,17 @@ typedef enum ExecEnd
 typedef struct ExecResult
 {
 	ExecEnd end;
-	int exit_status;     /* EXEC_EXITED */
-	int term_signal;     /* EXEC_SIGNALED */
-	char *output;        /* stdout, NUL-terminated, at most max_output bytes */
+	int exit_status; /* EXEC_EXITED */
+	int term_signal; /* EXEC_SIGNALED */
+	char *output;    /* stdout, NUL-terminated, at most max_output bytes */
 	size_t output_len;
 	bool output_truncated;
-	char **log_lines;     /* stderr lines without their newline */
+	char **log_lines; /* stderr lines without their newline */
 	int nlog_lines;
-	bool log_truncated;  /* lines or bytes were dropped */
-	char error[256];     /* EXEC_FAILED: strerror of exec, or of fork/pipe */
-	double seconds;      /* wall time from fork to reaping */
+	bool log_truncated; /* lines or bytes were dropped */
+	char error[256];    /* EXEC_FAILED: strerror of exec, or of fork/pipe */
+	double seconds;     /* wall time from fork to reaping */
+	int error_errno;    /* EXEC_FAILED: the errno, for exec_classify */
 } ExecResult;
 
 typedef struct ExecRun ExecRun;

@@ -44,7 +44,7 @@ static int tap_failed = 0;
 	do                                                                                             \
 	{                                                                                              \
 		const char *g_ = (got), *w_ = (want);                                                      \
-		int same_ = (g_ == NULL && w_ == NULL) || (g_ && w_ && strcmp(g_, w_) == 0);                \
+		int same_ = (g_ == NULL && w_ == NULL) || (g_ && w_ && strcmp(g_, w_) == 0);               \
 		ok(same_, __VA_ARGS__);                                                                    \
 		if (!same_)                                                                                \
 			printf("#          got: '%s'\n#     expected: '%s'\n", g_ ? g_ : "(null)",             \

@@ -1,0 +1,1582 @@
+/*
+ * tqd.c
+ *	  The worker daemon's core: leasing, running, reporting, heartbeats,
+ *	  signals, on one libev loop.
+ *
+ * Connections.  "listen" LISTENs on tq_ready (a queue has new work) and
+ * tq_cancel (an operator cancelled a running task); "work" carries every
+ * tq call in pipeline mode: leases, outcome batches, heartbeats.  Queues
+ * with the sql handler get connections of their own, one per running task
+ * (a task's function may run long and must not hold up the pipeline).
+ *
+ * A task's life in tqd (Task.state; transitions in set_task_state):
+ *
+ *	RUNNING   leased; its handler works (exec: a process group; sql: a
+ *	          query on a connection of the queue's pool; noop: none)
+ *	DONE      the outcome is known and waits for the next flush
+ *	SENT      the outcome is in a batch whose result has not arrived
+ *
+ * A task leaves tqd when the batch carrying its outcome has committed (or
+ * was refused: its lease was lost, which fencing makes harmless), or when a
+ * heartbeat says its lease is lost.  A batch lost with the connection is
+ * sent again after reconnecting: each task's outcome names its attempt, so
+ * an outcome that did land once is refused the second time, harmlessly.
+ *
+ * Capacity.  A queue leases at most (its concurrency - its running tasks),
+ * and all queues together at most (slots - running tasks), in calls of at
+ * most lease_batch.  Outcomes waiting for the database (DONE, SENT) do not
+ * take a slot, but while more than 4 x slots of them wait (the database
+ * is unreachable), nothing more is leased.
+ *
+ * Leasing is driven by tq_ready for the queue, by a full lease (there is
+ * probably more), by a freed slot when the queue still had work, and by
+ * poll_interval as the safety net for a lost notification.
+ *
+ * Shutdown.  SIGTERM: lease nothing more; running tasks may finish within
+ * drain_timeout; then the rest are stopped and handed back with
+ * tq_release; once every outcome is flushed, exit 0.  A second SIGTERM, or
+ * SIGINT: stop the children at once (SIGKILL), hand their tasks back,
+ * flush, exit.  If the database stays unreachable, the final flush gives
+ * up after drain_timeout (at least 5 s): the leases then expire and tq
+ * reclaims the tasks.
+ *
+ * Ownership: the Daemon owns the Config, the queues, the tasks and the
+ * connections.  Nothing is freed inside its own watcher's callback except
+ * through pgc_free (which defers) and exec_free (allowed by exec.h).
+ */
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "exec.h"
+#include "log.h"
+#include "pgconn.h"
+#include "tqd.h"
+
+#define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
+
+typedef enum TaskState
+{
+	TASK_RUNNING, /* the handler works */
+	TASK_DONE,    /* outcome known, waiting for the next flush */
+	TASK_SENT,    /* outcome in a batch on its way */
+} TaskState;
+
+typedef enum Report
+{
+	REPORT_COMPLETE, /* tq_complete with result */
+	REPORT_FAIL,     /* tq_fail with error, retry mode, delay */
+	REPORT_RELEASE,  /* tq_release: hand back (drain, cancel) */
+	REPORT_DROP,     /* nothing: the lease is lost */
+} Report;
+
+typedef struct Queue Queue;
+
+typedef struct SqlConn
+{
+	struct SqlConn *next;
+	Queue *queue;
+	PgConn *conn;
+	struct Task *task; /* the task it runs, or NULL when idle */
+} SqlConn;
+
+typedef struct Task
+{
+	struct Task *next, *prev; /* Daemon.tasks */
+	struct Daemon *d;
+	Queue *queue;
+	long long id;
+	int attempt;
+	char *tenant;
+	char *payload;
+	double started;   /* ev_now when leased */
+	double timeout;   /* s; 0 = none */
+	double lease_len; /* s, as leased */
+	TaskState state;
+	Report report;
+	bool stopping; /* stop asked (cancel, lease lost, drain) */
+	Report stop_report;
+	/* handlers */
+	ExecRun *run;
+	SqlConn *sql;
+	ev_timer sql_timer; /* sql: the timeout */
+	/* outcome */
+	json_t *result;    /* REPORT_COMPLETE */
+	char *error;       /* REPORT_FAIL */
+	const char *retry; /* REPORT_FAIL: auto, never, throttled */
+	json_t *log;       /* stderr lines (array of strings) or NULL */
+} Task;
+
+struct Queue
+{
+	struct Queue *next;
+	char *name;
+	const QueueConf *conf;            /* in Daemon.config; NULL once the queue left the config */
+	int running;                      /* tasks in TASK_RUNNING */
+	bool leasing;                     /* a tq_lease call is on its way */
+	bool wanted;                      /* there is probably work: lease when there is room */
+	SqlConn *pool;                    /* sql handler: its connections */
+	long long ran, succeeded, failed; /* for logs */
+};
+
+typedef enum RunState
+{
+	RUN_ACTIVE,   /* leasing */
+	RUN_DRAINING, /* SIGTERM: waiting for running tasks */
+	RUN_STOPPING, /* handing back and flushing the last outcomes */
+	RUN_DONE,     /* the loop ends */
+} RunState;
+
+struct Daemon
+{
+	struct ev_loop *loop;
+	Config *config;
+	char *config_path;
+	char worker[256];
+	RunState run_state;
+	int exit_status;
+
+	PgConn *work;
+	PgConn *listen;
+	Queue *queues;
+	Task *tasks;
+	int running;        /* tasks in TASK_RUNNING */
+	int waiting;        /* tasks in TASK_DONE or TASK_SENT */
+	int flushing;       /* outcome batches on their way */
+	int heartbeats;     /* heartbeat calls on their way */
+	double flush_retry; /* s: delay before resending refused batches; 0 after a success */
+
+	ev_idle lease_idle;   /* lease soon, once per loop turn */
+	ev_timer poll_timer;  /* poll_interval */
+	ev_timer flush_timer; /* flush_interval */
+	ev_timer hb_timer;    /* heartbeats */
+	ev_timer stop_timer;  /* drain_timeout, then the final flush's deadline */
+	ev_signal sigterm, sigint, sighup;
+};
+
+static void lease_soon(Daemon *d);
+static void flush_soon(Daemon *d);
+static void task_done(Task *t, Report report);
+static void stop_task(Task *t, Report report);
+static void maybe_finish_stop(Daemon *d);
+static void begin_stopping(Daemon *d, bool fast);
+
+/* ------------------------------------------------------------------------
+ * Small helpers
+ * ------------------------------------------------------------------------
+ */
+static char *
+xstrdup(const char *s)
+{
+	char *r = strdup(s ? s : "");
+
+	if (r == NULL)
+	{
+		tlog(LOG_ERROR, "out of memory", NULL);
+		abort();
+	}
+	return r;
+}
+
+static void *
+xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n, size);
+
+	if (p == NULL)
+	{
+		tlog(LOG_ERROR, "out of memory", NULL);
+		abort();
+	}
+	return p;
+}
+
+static Queue *
+find_queue(Daemon *d, const char *name)
+{
+	for (Queue *q = d->queues; q; q = q->next)
+		if (strcmp(q->name, name) == 0)
+			return q;
+	return NULL;
+}
+
+static Task *
+find_task(Daemon *d, long long id)
+{
+	for (Task *t = d->tasks; t; t = t->next)
+		if (t->id == id)
+			return t;
+	return NULL;
+}
+
+/* Appends "v" to a PostgreSQL array literal of numbers being built. */
+static void
+num_array(char *buf, size_t len, size_t *o, long long v, bool first)
+{
+	int n = snprintf(buf + *o, len - *o, "%s%lld", first ? "" : ",", v);
+
+	if (n > 0)
+		*o += (size_t) n;
+}
+
+/* ------------------------------------------------------------------------
+ * Queues: the runtime side of the config's [queue:NAME] sections
+ * ------------------------------------------------------------------------
+ */
+
+/* Points the queues at config's sections; adds new ones; retires gone ones. */
+static void
+sync_queues(Daemon *d)
+{
+	for (Queue *q = d->queues; q; q = q->next)
+		q->conf = NULL;
+	for (int i = 0; i < d->config->nqueues; i++)
+	{
+		const QueueConf *qc = &d->config->queues[i];
+		Queue *q = find_queue(d, qc->name);
+
+		if (q == NULL)
+		{
+			q = xcalloc(1, sizeof(Queue));
+			q->name = xstrdup(qc->name);
+			q->next = d->queues;
+			d->queues = q;
+		}
+		q->conf = qc;
+		q->wanted = true;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Tasks
+ * ------------------------------------------------------------------------
+ */
+static void
+free_task(Task *t)
+{
+	Daemon *d = t->d;
+
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		d->tasks = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
+	if (t->state == TASK_RUNNING)
+	{
+		d->running--;
+		t->queue->running--;
+	}
+	else
+		d->waiting--;
+	if (t->run)
+		exec_free(t->run);
+	if (t->sql)
+		t->sql->task = NULL;
+	ev_timer_stop(d->loop, &t->sql_timer);
+	if (t->result)
+		json_decref(t->result);
+	if (t->log)
+		json_decref(t->log);
+	free(t->error);
+	free(t->tenant);
+	free(t->payload);
+	free(t);
+}
+
+/*
+ * The handler has finished (or was stopped): the task's outcome is known.
+ * A stop asked for earlier decides over what the handler reported.
+ */
+static void
+task_done(Task *t, Report report)
+{
+	Daemon *d = t->d;
+
+	if (t->state != TASK_RUNNING)
+		return;
+	if (t->stopping)
+		report = t->stop_report;
+	t->report = report;
+	t->state = TASK_DONE;
+	d->running--;
+	t->queue->running--;
+	d->waiting++;
+	t->queue->ran++;
+	if (report == REPORT_DROP)
+	{
+		tlog(LOG_WARNING, "task dropped: its lease was lost", "task=%lld queue=%s attempt=%d",
+			 t->id, kvq(t->queue->name), t->attempt);
+		free_task(t);
+	}
+	else
+		flush_soon(d);
+	/* A slot is free: more of this queue's work may be waiting. */
+	lease_soon(d);
+	maybe_finish_stop(d);
+}
+
+static void set_fail(Task *t, const char *retry, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void
+set_fail(Task *t, const char *retry, const char *fmt, ...)
+{
+	char buf[2048];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	free(t->error);
+	t->error = xstrdup(buf);
+	t->retry = retry;
+}
+
+/* exec: the program ended. */
+static void
+exec_done(ExecRun *run, const ExecResult *r, void *arg)
+{
+	Task *t = arg;
+	char how[512];
+	Outcome o = exec_classify(r, t->queue->conf ? t->queue->conf->throttled_exit : 69);
+
+	if (r->end == EXEC_TIMEOUT)
+		snprintf(how, sizeof(how), "timed out after %g s", t->timeout);
+	else
+		exec_describe(r, how, sizeof(how));
+	if (r->nlog_lines > 0)
+	{
+		t->log = json_array();
+		for (int i = 0; i < r->nlog_lines; i++)
+			json_array_append_new(t->log, json_string(r->log_lines[i]));
+		if (r->log_truncated)
+			json_array_append_new(t->log, json_string("[tqd: more output was dropped]"));
+	}
+	if (o == OUTCOME_SUCCESS)
+	{
+		json_error_t jerr;
+		json_t *v = json_loadb(r->output, r->output_len, JSON_DECODE_ANY, &jerr);
+
+		if (v == NULL || r->output_truncated)
+		{
+			if (v)
+				json_decref(v);
+			/* Not JSON (or cut): the text itself, as a JSON string. */
+			v = json_stringn_nocheck(r->output, r->output_len);
+			if (v == NULL || json_string_length(v) != r->output_len)
+			{
+				/* Invalid UTF-8: keep what is valid, say so. */
+				if (v)
+					json_decref(v);
+				v = json_string("[tqd: the output was not valid UTF-8]");
+			}
+		}
+		t->result = v;
+		tlog(LOG_INFO, "task succeeded", "task=%lld queue=%s attempt=%d seconds=%.3f", t->id,
+			 kvq(t->queue->name), t->attempt, r->seconds);
+		t->run = NULL;
+		exec_free(run);
+		task_done(t, REPORT_COMPLETE);
+		return;
+	}
+	{
+		const char *last = r->nlog_lines > 0 ? r->log_lines[r->nlog_lines - 1] : NULL;
+		const char *retry = o == OUTCOME_NEVER       ? "never"
+							: o == OUTCOME_THROTTLED ? "throttled"
+													 : "auto";
+
+		if (last && *last)
+			set_fail(t, retry, "%s: %s", how, last);
+		else
+			set_fail(t, retry, "%s", how);
+		tlog(LOG_INFO, "task failed",
+			 "task=%lld queue=%s attempt=%d outcome=%s error=%s seconds=%.3f", t->id,
+			 kvq(t->queue->name), t->attempt, outcome_name(o), kvq(t->error), r->seconds);
+	}
+	t->run = NULL;
+	exec_free(run);
+	task_done(t, REPORT_FAIL);
+}
+
+static char **
+task_env(Task *t)
+{
+	static char bufs[5][512];
+	static char *env[6];
+	time_t now = time(NULL);
+
+	snprintf(bufs[0], sizeof(bufs[0]), "TQ_TASK_ID=%lld", t->id);
+	snprintf(bufs[1], sizeof(bufs[1]), "TQ_ATTEMPT=%d", t->attempt);
+	snprintf(bufs[2], sizeof(bufs[2]), "TQ_QUEUE=%s", t->queue->name);
+	snprintf(bufs[3], sizeof(bufs[3]), "TQ_TENANT=%s", t->tenant ? t->tenant : "");
+	if (t->timeout > 0)
+	{
+		time_t dl = now + (time_t) ceil(t->timeout);
+		struct tm tm;
+
+		gmtime_r(&dl, &tm);
+		strftime(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=%Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	else
+		snprintf(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=");
+	for (int i = 0; i < 5; i++)
+		env[i] = bufs[i];
+	env[5] = NULL;
+	return env;
+}
+
+static void start_sql(Task *t);
+static double heartbeat_every(Daemon *d);
+
+/* Starts the task's handler. */
+static void
+start_task(Task *t)
+{
+	const QueueConf *qc = t->queue->conf;
+
+	tlog(LOG_DEBUG, "task started", "task=%lld queue=%s attempt=%d", t->id, kvq(t->queue->name),
+		 t->attempt);
+	switch (qc->handler)
+	{
+		case HANDLER_NOOP:
+			t->result = json_null();
+			task_done(t, REPORT_COMPLETE);
+			return;
+		case HANDLER_EXEC:
+		{
+			ExecSpec spec;
+			char err[512];
+
+			memset(&spec, 0, sizeof(spec));
+			spec.argv = qc->argv;
+			spec.env = task_env(t);
+			spec.input = t->payload;
+			spec.input_len = strlen(t->payload);
+			spec.timeout = t->timeout;
+			spec.kill_grace = qc->kill_grace;
+			spec.max_output = qc->max_output;
+			spec.max_log_bytes = qc->max_log_bytes;
+			spec.max_log_lines = qc->max_log_lines;
+			spec.memory_limit = qc->memory_limit;
+			spec.cpu_limit = qc->cpu_limit;
+			t->run = exec_start(t->d->loop, &spec, exec_done, t, err, sizeof(err));
+			if (t->run == NULL)
+			{
+				/* fork or pipe failed: this host's trouble, not the task's. */
+				tlog(LOG_ERROR, "could not start the task's program", "task=%lld queue=%s error=%s",
+					 t->id, kvq(t->queue->name), kvq(err));
+				task_done(t, REPORT_RELEASE);
+			}
+			return;
+		}
+		case HANDLER_SQL:
+			start_sql(t);
+			return;
+	}
+}
+
+/*
+ * Asks a running task to stop; its outcome will be report.  exec: the
+ * program gets SIGTERM (SIGKILL after kill_grace); sql: the query runs on
+ * (its connection is closed); noop never runs long enough to be stopped.
+ */
+static void
+stop_task(Task *t, Report report)
+{
+	if (t->state != TASK_RUNNING)
+	{
+		if (report == REPORT_DROP && t->state == TASK_DONE)
+			t->report = REPORT_DROP; /* not worth sending */
+		return;
+	}
+	if (t->stopping && t->stop_report == REPORT_DROP)
+		return;
+	t->stopping = true;
+	t->stop_report = report;
+	if (t->run)
+		exec_stop(t->run);
+	else if (t->sql)
+	{
+		/* The query cannot be interrupted from here cheaply: drop its connection. */
+		SqlConn *s = t->sql;
+
+		pgc_free(s->conn);
+		s->conn = NULL;
+		t->sql = NULL;
+		s->task = NULL;
+		task_done(t, report);
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * sql handler
+ * ------------------------------------------------------------------------
+ */
+static void sql_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg);
+
+static void
+sql_ignore(PgConn *c, const PGresult *res, void *arg)
+{
+}
+
+static void
+sql_result(PgConn *c, const PGresult *res, void *arg)
+{
+	SqlConn *s = arg;
+	Task *t = s->task;
+
+	if (t == NULL)
+		return; /* stopped meanwhile */
+	ev_timer_stop(t->d->loop, &t->sql_timer);
+	s->task = NULL;
+	t->sql = NULL;
+	if (res == NULL)
+	{
+		set_fail(t, "auto", "the database connection was lost while the function ran");
+		task_done(t, REPORT_FAIL);
+		return;
+	}
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+	{
+		const char *st = pgc_sqlstate(res);
+		/* Bad data, constraint violations, undefined objects: no retry helps. */
+		const char *retry =
+			(strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0 || strncmp(st, "42", 2) == 0)
+				? "never"
+				: "auto";
+
+		set_fail(t, retry, "%s (SQLSTATE %s)", pgc_error(res), st);
+		tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s sqlstate=%s", t->id,
+			 kvq(t->queue->name), t->attempt, kvq(pgc_error(res)), st);
+		task_done(t, REPORT_FAIL);
+		return;
+	}
+	{
+		const char *type = PQgetvalue(res, 0, 0);
+		const char *text = PQgetvalue(res, 0, 1);
+		json_t *v = NULL;
+
+		if (PQgetisnull(res, 0, 1) || strcmp(type, "void") == 0)
+			v = json_null();
+		else if (strcmp(type, "json") == 0 || strcmp(type, "jsonb") == 0)
+			v = json_loads(text, JSON_DECODE_ANY, NULL);
+		if (v == NULL)
+			v = json_string(text);
+		t->result = v;
+	}
+	tlog(LOG_INFO, "task succeeded", "task=%lld queue=%s attempt=%d", t->id, kvq(t->queue->name),
+		 t->attempt);
+	task_done(t, REPORT_COMPLETE);
+}
+
+static void
+sql_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Task *t = CONTAINER(w, Task, sql_timer);
+
+	if (t->sql == NULL)
+		return;
+	set_fail(t, "auto", "timed out after %g s", t->timeout);
+	tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s", t->id,
+		 kvq(t->queue->name), t->attempt, kvq(t->error));
+	/* Closing the connection ends the backend's query with it. */
+	pgc_free(t->sql->conn);
+	t->sql->conn = NULL;
+	t->sql->task = NULL;
+	t->sql = NULL;
+	task_done(t, REPORT_FAIL);
+}
+
+/* Sends the task's call on s (ready). */
+static void
+sql_send(SqlConn *s, Task *t)
+{
+	char sql[512];
+	char timeout[32];
+	const char *tp[1];
+	const char *cp[1] = {t->payload};
+
+	if (t->queue->conf == NULL || t->queue->conf->handler != HANDLER_SQL)
+	{
+		/* The queue left the config while this task waited for a connection. */
+		s->task = NULL;
+		t->sql = NULL;
+		task_done(t, REPORT_RELEASE);
+		return;
+	}
+	/* The function name was checked at load time: [schema.]identifier. */
+	snprintf(sql, sizeof(sql),
+			 "SELECT pg_catalog.pg_typeof(r)::text, r::text FROM (SELECT %s($1::jsonb) AS r) s",
+			 t->queue->conf->function);
+	snprintf(timeout, sizeof(timeout), "%.0f", t->timeout > 0 ? ceil(t->timeout * 1000) : 0.0);
+	tp[0] = timeout;
+	s->task = t;
+	t->sql = s;
+	if (!pgc_send(s->conn, "SELECT pg_catalog.set_config('statement_timeout', $1, false)", 1, tp,
+				  sql_ignore, NULL) ||
+		!pgc_send(s->conn, sql, 1, cp, sql_result, s))
+	{
+		/* The connection broke: sql_event hands the task over again. */
+		return;
+	}
+	if (t->timeout > 0)
+	{
+		/* statement_timeout ends the query; this ends it if the server does not. */
+		ev_timer_set(&t->sql_timer, t->timeout + 5.0, 0.);
+		ev_timer_start(t->d->loop, &t->sql_timer);
+	}
+}
+
+static void
+sql_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
+{
+	SqlConn *s = arg;
+
+	if (ev == PGC_CONNECTED)
+	{
+		if (s->task && s->task->sql == s)
+			sql_send(s, s->task);
+	}
+	else if (ev == PGC_DISCONNECTED)
+	{
+		tlog(LOG_WARNING, "sql handler connection failed", "queue=%s error=%s retry_in=%s",
+			 kvq(s->queue->name), kvq(a), b);
+		if (s->task)
+		{
+			Task *t = s->task;
+
+			/* Results of a query in flight came back NULL (sql_result). */
+			if (t->state == TASK_RUNNING && t->sql == s)
+			{
+				s->task = NULL;
+				t->sql = NULL;
+				ev_timer_stop(t->d->loop, &t->sql_timer);
+				set_fail(t, "auto", "could not reach the database: %s", a);
+				task_done(t, REPORT_FAIL);
+			}
+		}
+	}
+}
+
+static void
+start_sql(Task *t)
+{
+	Queue *q = t->queue;
+	SqlConn *s;
+	PgConnOpts o;
+
+	for (s = q->pool; s; s = s->next)
+		if (s->task == NULL && s->conn != NULL && pgc_ready(s->conn))
+			break;
+	if (s == NULL)
+	{
+		for (s = q->pool; s; s = s->next)
+			if (s->task == NULL)
+				break;
+		if (s == NULL)
+		{
+			s = xcalloc(1, sizeof(SqlConn));
+			s->queue = q;
+			s->next = q->pool;
+			q->pool = s;
+		}
+		if (s->conn == NULL)
+		{
+			char name[128];
+
+			o.connect_timeout = t->d->config->connect_timeout;
+			o.reconnect_min = t->d->config->reconnect_min;
+			o.reconnect_max = t->d->config->reconnect_max;
+			snprintf(name, sizeof(name), "sql:%s", q->name);
+			s->conn = pgc_new(t->d->loop, name, t->d->config->conninfo, &o, sql_event, s);
+			pgc_connect(s->conn);
+		}
+	}
+	ev_init(&t->sql_timer, sql_timeout);
+	s->task = t;
+	t->sql = s;
+	if (pgc_ready(s->conn))
+		sql_send(s, t);
+}
+
+/* ------------------------------------------------------------------------
+ * Leasing
+ * ------------------------------------------------------------------------
+ */
+typedef struct LeaseCall
+{
+	Daemon *d;
+	Queue *q;
+	int asked;
+} LeaseCall;
+
+static void
+lease_result(PgConn *c, const PGresult *res, void *arg)
+{
+	LeaseCall *lc = arg;
+	Daemon *d = lc->d;
+	Queue *q = lc->q;
+	int n;
+
+	q->leasing = false;
+	if (res == NULL)
+	{
+		free(lc);
+		return; /* reconnecting; the queue stays wanted */
+	}
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		tlog(LOG_WARNING, "tq_lease failed", "queue=%s error=%s sqlstate=%s", kvq(q->name),
+			 kvq(pgc_error(res)), pgc_sqlstate(res));
+		free(lc);
+		return; /* the poll timer tries again */
+	}
+	n = PQntuples(res);
+	for (int i = 0; i < n; i++)
+	{
+		Task *t = xcalloc(1, sizeof(Task));
+		double task_timeout = PQgetisnull(res, i, 4) ? 0 : atof(PQgetvalue(res, i, 4));
+		double queue_timeout = q->conf ? q->conf->timeout : 0;
+
+		t->d = d;
+		t->queue = q;
+		t->id = atoll(PQgetvalue(res, i, 0));
+		t->attempt = atoi(PQgetvalue(res, i, 1));
+		t->payload = xstrdup(PQgetvalue(res, i, 2));
+		t->tenant = PQgetisnull(res, i, 3) ? NULL : xstrdup(PQgetvalue(res, i, 3));
+		/* The smaller of the task's own timeout and the queue's. */
+		t->timeout = task_timeout;
+		if (queue_timeout > 0 && (t->timeout <= 0 || queue_timeout < t->timeout))
+			t->timeout = queue_timeout;
+		t->lease_len = atof(PQgetvalue(res, i, 5));
+		t->started = ev_now(d->loop);
+		t->state = TASK_RUNNING;
+		t->next = d->tasks;
+		if (d->tasks)
+			d->tasks->prev = t;
+		d->tasks = t;
+		d->running++;
+		q->running++;
+		ev_init(&t->sql_timer, sql_timeout);
+		if (q->conf == NULL || d->run_state != RUN_ACTIVE)
+			task_done(t, REPORT_RELEASE); /* left the config, or stopping */
+		else
+			start_task(t);
+	}
+	/* A full batch: there is probably more. */
+	q->wanted = n >= lc->asked;
+	free(lc);
+	if (n > 0)
+	{
+		/* Heartbeats must come before the shortest lease runs out. */
+		double every = heartbeat_every(d);
+
+		if (!ev_is_active(&d->hb_timer) || every < d->hb_timer.repeat)
+		{
+			d->hb_timer.repeat = every;
+			ev_timer_again(d->loop, &d->hb_timer);
+		}
+	}
+	lease_soon(d);
+}
+
+static void
+lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, lease_idle);
+	int free_slots;
+
+	ev_idle_stop(loop, w);
+	if (d->run_state != RUN_ACTIVE || !pgc_ready(d->work))
+		return;
+	if (d->waiting > 4 * d->config->slots)
+		return; /* outcomes pile up: the database is not taking them */
+	free_slots = d->config->slots - d->running;
+	for (Queue *q = d->queues; q && free_slots > 0; q = q->next)
+	{
+		int room;
+		LeaseCall *lc;
+		char max[16];
+		char queues[512];
+		const char *params[3];
+
+		if (q->conf == NULL || q->leasing || !q->wanted)
+			continue;
+		room = q->conf->concurrency - q->running;
+		if (room > free_slots)
+			room = free_slots;
+		if (room > d->config->lease_batch)
+			room = d->config->lease_batch;
+		if (room <= 0)
+			continue;
+		snprintf(max, sizeof(max), "%d", room);
+		/* Queue names have no quotes or backslashes (tq's name rule). */
+		snprintf(queues, sizeof(queues), "{\"%s\"}", q->name);
+		params[0] = d->worker;
+		params[1] = queues;
+		params[2] = max;
+		lc = xcalloc(1, sizeof(LeaseCall));
+		lc->d = d;
+		lc->q = q;
+		lc->asked = room;
+		if (!pgc_send(d->work,
+					  "SELECT id, attempt, payload::text, tenant,"
+					  " extract(epoch FROM timeout),"
+					  " extract(epoch FROM lease_until - now())"
+					  " FROM tq_lease($1, $2::text[], $3::integer)",
+					  3, params, lease_result, lc))
+		{
+			free(lc);
+			return;
+		}
+		q->leasing = true;
+		/* Counted as taken until the answer comes. */
+		free_slots -= room;
+	}
+}
+
+static void
+lease_soon(Daemon *d)
+{
+	if (d->run_state == RUN_ACTIVE && !ev_is_active(&d->lease_idle))
+		ev_idle_start(d->loop, &d->lease_idle);
+}
+
+static void
+poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, poll_timer);
+
+	for (Queue *q = d->queues; q; q = q->next)
+		q->wanted = true;
+	lease_soon(d);
+}
+
+/* ------------------------------------------------------------------------
+ * Outcomes: flushed in batches, one call per kind
+ * ------------------------------------------------------------------------
+ */
+typedef struct Batch
+{
+	Daemon *d;
+	Report kind;
+	int n;
+	long long *ids;
+	int *attempts;
+} Batch;
+
+/*
+ * A result over tq.max_payload_size fails the whole batch (54000): the
+ * largest result of the batch is replaced by a note saying so, with its
+ * head, and the batch goes again (as often as it takes).
+ */
+static void
+shrink_largest_result(Daemon *d, Batch *b)
+{
+	Task *big = NULL;
+	size_t big_len = 0;
+
+	for (int i = 0; i < b->n; i++)
+	{
+		Task *t = find_task(d, b->ids[i]);
+		char *dump;
+		size_t len;
+
+		if (t == NULL || t->result == NULL)
+			continue;
+		dump = json_dumps(t->result, JSON_COMPACT | JSON_ENCODE_ANY);
+		len = dump ? strlen(dump) : 0;
+		free(dump);
+		if (big == NULL || len > big_len)
+		{
+			big = t;
+			big_len = len;
+		}
+	}
+	if (big == NULL)
+		return;
+	{
+		json_t *note = json_object();
+		char *dump = json_dumps(big->result, JSON_COMPACT | JSON_ENCODE_ANY);
+		size_t head = dump ? strlen(dump) : 0;
+
+		if (head > 1000)
+			head = 1000;
+		json_object_set_new(note, "tqd_error",
+							json_string("the result was larger than tq.max_payload_size allows"));
+		json_object_set_new(note, "bytes", json_integer((json_int_t) big_len));
+		json_object_set_new(note, "head", json_stringn(dump ? dump : "", head));
+		free(dump);
+		json_decref(big->result);
+		big->result = note;
+		tlog(LOG_WARNING, "result too large: replaced by a note",
+			 "task=%lld queue=%s attempt=%d bytes=%zu", big->id, kvq(big->queue->name),
+			 big->attempt, big_len);
+	}
+}
+
+/* Gives every task of the batch back to the next flush, or finishes it. */
+static void
+batch_result(PgConn *c, const PGresult *res, void *arg)
+{
+	Batch *b = arg;
+	Daemon *d = b->d;
+	const char *ok = NULL;
+	static const char *const names[] = {"tq_complete", "tq_fail", "tq_release", ""};
+
+	d->flushing--;
+	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+		ok = PQgetvalue(res, 0, 0); /* {t,f,...}: one per task */
+	else if (res != NULL)
+	{
+		tlog(LOG_WARNING, "reporting outcomes failed; they are sent again",
+			 "call=%s tasks=%d error=%s sqlstate=%s", names[b->kind], b->n, kvq(pgc_error(res)),
+			 pgc_sqlstate(res));
+		if (b->kind == REPORT_COMPLETE && strcmp(pgc_sqlstate(res), "54000") == 0)
+			shrink_largest_result(d, b);
+	}
+	for (int i = 0; i < b->n; i++)
+	{
+		Task *t = find_task(d, b->ids[i]);
+
+		if (t == NULL || t->attempt != b->attempts[i] || t->state != TASK_SENT)
+			continue;
+		if (ok == NULL)
+		{
+			t->state = TASK_DONE; /* again at the next flush */
+			continue;
+		}
+		/* ok is "{t,f,t}": element i sits at 1 + 2 * i. */
+		if (strlen(ok) > (size_t) (1 + 2 * i) && ok[1 + 2 * i] == 'f')
+			tlog(LOG_WARNING,
+				 "outcome refused: the task's lease was lost (the task runs elsewhere or finished)",
+				 "task=%lld queue=%s attempt=%d call=%s", t->id, kvq(t->queue->name), t->attempt,
+				 names[b->kind]);
+		free_task(t);
+	}
+	free(b->ids);
+	free(b->attempts);
+	free(b);
+	if (ok != NULL)
+		d->flush_retry = 0;
+	else if (res != NULL)
+	{
+		/* The server refused the batch: not at once again, and less and less often. */
+		d->flush_retry = d->flush_retry == 0 ? 0.1 : fmin(d->flush_retry * 2, 10.0);
+		ev_timer_stop(d->loop, &d->flush_timer);
+		ev_timer_set(&d->flush_timer, d->flush_retry, 0.);
+		ev_timer_start(d->loop, &d->flush_timer);
+	}
+	else if (d->waiting > 0)
+		flush_soon(d);
+	lease_soon(d);
+	maybe_finish_stop(d);
+}
+
+/* A JSON array parameter as an SQL array, elements in order. */
+#define ARRAY_OF(p)                                                                                \
+	"ARRAY(SELECT e FROM jsonb_array_elements(" p "::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
+#define TEXT_ARRAY_OF(p)                                                                           \
+	"ARRAY(SELECT e FROM jsonb_array_elements_text(" p                                             \
+	"::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
+
+/* Sends one batch of the tasks in TASK_DONE with report kind. */
+static void
+send_batch(Daemon *d, Report kind)
+{
+	int n = 0, i = 0;
+	Batch *b;
+	char *ids, *atts;
+	size_t ilen, io = 0, ao = 0;
+	json_t *a1 = NULL, *a2 = NULL, *a3 = NULL;
+	char *j1 = NULL, *j2 = NULL, *j3 = NULL;
+	const char *params[5];
+	bool sent;
+
+	for (Task *t = d->tasks; t; t = t->next)
+		if (t->state == TASK_DONE && t->report == kind)
+			n++;
+	if (n == 0)
+		return;
+	b = xcalloc(1, sizeof(Batch));
+	b->d = d;
+	b->kind = kind;
+	b->ids = xcalloc((size_t) n, sizeof(long long));
+	b->attempts = xcalloc((size_t) n, sizeof(int));
+	ilen = (size_t) n * 22 + 3;
+	ids = xcalloc(1, ilen);
+	atts = xcalloc(1, ilen);
+	ids[io++] = '{';
+	atts[ao++] = '{';
+	if (kind == REPORT_COMPLETE)
+		a1 = json_array();
+	else if (kind == REPORT_FAIL)
+	{
+		a1 = json_array();
+		a2 = json_array();
+	}
+	a3 = json_array(); /* logs, any kind */
+	for (Task *t = d->tasks; t; t = t->next)
+	{
+		if (t->state != TASK_DONE || t->report != kind)
+			continue;
+		b->ids[i] = t->id;
+		b->attempts[i] = t->attempt;
+		num_array(ids, ilen, &io, t->id, i == 0);
+		num_array(atts, ilen, &ao, t->attempt, i == 0);
+		if (kind == REPORT_COMPLETE)
+			json_array_append(a1, t->result ? t->result : json_null());
+		else if (kind == REPORT_FAIL)
+		{
+			json_array_append_new(a1, json_string(t->error ? t->error : "failed"));
+			json_array_append_new(a2, json_string(t->retry ? t->retry : "auto"));
+		}
+		json_array_append(a3, t->log ? t->log : json_null());
+		t->state = TASK_SENT;
+		i++;
+	}
+	ids[io++] = '}';
+	atts[ao++] = '}';
+	b->n = n;
+	params[0] = ids;
+	params[1] = atts;
+	if (a1)
+		j1 = json_dumps(a1, JSON_COMPACT | JSON_ENCODE_ANY);
+	if (a2)
+		j2 = json_dumps(a2, JSON_COMPACT | JSON_ENCODE_ANY);
+	j3 = json_dumps(a3, JSON_COMPACT | JSON_ENCODE_ANY);
+	/*
+	 * The log lines go in the same statement (one transaction) as the
+	 * outcome, first, while the tasks still run in tq: a batch sent again
+	 * after a lost connection cannot log twice.
+	 */
+	params[2] = j3;
+	switch (kind)
+	{
+		case REPORT_COMPLETE:
+			params[3] = j1;
+			sent = pgc_send(d->work,
+							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
+							"$2::integer[], " ARRAY_OF(
+								"$3") "))"
+									  " SELECT tq_complete($1::bigint[], $2::integer[], " ARRAY_OF(
+										  "$4") ") FROM l",
+							4, params, batch_result, b);
+			break;
+		case REPORT_FAIL:
+			params[3] = j1;
+			params[4] = j2;
+			sent = pgc_send(d->work,
+							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
+							"$2::integer[], " ARRAY_OF(
+								"$3") "))"
+									  " SELECT tq_fail($1::bigint[], $2::integer[], " TEXT_ARRAY_OF(
+										  "$4") ", " TEXT_ARRAY_OF("$5") ") FROM l",
+							5, params, batch_result, b);
+			break;
+		case REPORT_RELEASE:
+			sent = pgc_send(d->work,
+							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
+							"$2::integer[], " ARRAY_OF(
+								"$3") "))"
+									  " SELECT tq_release($1::bigint[], $2::integer[]) FROM l",
+							3, params, batch_result, b);
+			break;
+		default:
+			sent = false;
+			break;
+	}
+	if (!sent)
+		goto unsent;
+	d->flushing++;
+	goto out;
+unsent:
+	/* Not ready: everything waits for the next flush. */
+	for (Task *t = d->tasks; t; t = t->next)
+		if (t->state == TASK_SENT && t->report == kind)
+			t->state = TASK_DONE;
+	free(b->ids);
+	free(b->attempts);
+	free(b);
+out:
+	free(ids);
+	free(atts);
+	free(j1);
+	free(j2);
+	free(j3);
+	if (a1)
+		json_decref(a1);
+	if (a2)
+		json_decref(a2);
+	json_decref(a3);
+}
+
+static void
+flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, flush_timer);
+
+	if (!pgc_ready(d->work))
+		return; /* CONNECTED flushes */
+	send_batch(d, REPORT_COMPLETE);
+	send_batch(d, REPORT_FAIL);
+	send_batch(d, REPORT_RELEASE);
+}
+
+static void
+flush_soon(Daemon *d)
+{
+	if (!ev_is_active(&d->flush_timer))
+	{
+		ev_timer_set(&d->flush_timer, d->config->flush_interval, 0.);
+		ev_timer_start(d->loop, &d->flush_timer);
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Heartbeats
+ * ------------------------------------------------------------------------
+ */
+static double
+heartbeat_every(Daemon *d)
+{
+	double shortest = 0;
+
+	if (d->config->heartbeat_interval > 0)
+		return d->config->heartbeat_interval;
+	for (Task *t = d->tasks; t; t = t->next)
+		if (t->lease_len > 0 && (shortest == 0 || t->lease_len < shortest))
+			shortest = t->lease_len;
+	if (shortest == 0)
+		return 10.0;
+	/* A third of the shortest lease, so two heartbeats may fail in a row. */
+	return shortest / 3 < 1.0 ? 1.0 : shortest / 3;
+}
+
+static void
+heartbeat_result(PgConn *c, const PGresult *res, void *arg)
+{
+	Daemon *d = arg;
+
+	d->heartbeats--;
+	if (res == NULL)
+		return;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		tlog(LOG_WARNING, "tq_heartbeat failed", "error=%s sqlstate=%s", kvq(pgc_error(res)),
+			 pgc_sqlstate(res));
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		Task *t = find_task(d, atoll(PQgetvalue(res, i, 0)));
+		const char *reason = PQgetvalue(res, i, 1);
+
+		if (t == NULL)
+			continue;
+		if (strcmp(reason, "cancelled") == 0)
+		{
+			tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d", t->id,
+				 kvq(t->queue->name), t->attempt);
+			stop_task(t, REPORT_RELEASE);
+		}
+		else
+		{
+			tlog(LOG_WARNING, "lease lost: stopping the task", "task=%lld queue=%s attempt=%d",
+				 t->id, kvq(t->queue->name), t->attempt);
+			stop_task(t, REPORT_DROP);
+		}
+	}
+}
+
+static void
+hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, hb_timer);
+	int n = 0;
+	size_t len, io = 0, ao = 0;
+	char *ids, *atts;
+	const char *params[3];
+
+	for (Task *t = d->tasks; t; t = t->next)
+		n++;
+	w->repeat = heartbeat_every(d);
+	if (n == 0)
+	{
+		ev_timer_stop(loop, w);
+		return;
+	}
+	ev_timer_again(loop, w);
+	if (!pgc_ready(d->work) || d->heartbeats > 0)
+		return;
+	len = (size_t) n * 22 + 3;
+	ids = xcalloc(1, len);
+	atts = xcalloc(1, len);
+	ids[io++] = '{';
+	atts[ao++] = '{';
+	n = 0;
+	for (Task *t = d->tasks; t; t = t->next)
+	{
+		num_array(ids, len, &io, t->id, n == 0);
+		num_array(atts, len, &ao, t->attempt, n == 0);
+		n++;
+	}
+	ids[io] = '}';
+	atts[ao] = '}';
+	params[0] = d->worker;
+	params[1] = ids;
+	params[2] = atts;
+	if (pgc_send(d->work, "SELECT id, reason FROM tq_heartbeat($1, $2::bigint[], $3::integer[])", 3,
+				 params, heartbeat_result, d))
+		d->heartbeats++;
+	free(ids);
+	free(atts);
+}
+
+/* ------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------
+ */
+static void
+listen_result(PgConn *c, const PGresult *res, void *arg)
+{
+	if (res != NULL && PQresultStatus(res) != PGRES_COMMAND_OK)
+		tlog(LOG_ERROR, "LISTEN failed", "error=%s sqlstate=%s", kvq(pgc_error(res)),
+			 pgc_sqlstate(res));
+}
+
+static void
+on_notify(Daemon *d, const char *channel, const char *payload)
+{
+	if (strcmp(channel, "tq_ready") == 0)
+	{
+		Queue *q = find_queue(d, payload);
+
+		if (q != NULL && q->conf != NULL)
+		{
+			q->wanted = true;
+			lease_soon(d);
+		}
+	}
+	else if (strcmp(channel, "tq_cancel") == 0)
+	{
+		json_t *v = json_loads(payload, 0, NULL);
+		json_t *id = v ? json_object_get(v, "id") : NULL;
+		json_t *att = v ? json_object_get(v, "attempt") : NULL;
+
+		if (json_is_integer(id) && json_is_integer(att))
+		{
+			Task *t = find_task(d, (long long) json_integer_value(id));
+
+			if (t != NULL && t->attempt == (int) json_integer_value(att) &&
+				t->state == TASK_RUNNING)
+			{
+				tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d",
+					 t->id, kvq(t->queue->name), t->attempt);
+				stop_task(t, REPORT_RELEASE);
+			}
+		}
+		if (v)
+			json_decref(v);
+	}
+}
+
+static void
+conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
+{
+	Daemon *d = arg;
+
+	switch (ev)
+	{
+		case PGC_CONNECTED:
+			tlog(LOG_INFO, "connected", "conn=%s", pgc_name(c));
+			if (c == d->listen)
+			{
+				if (!pgc_send(c, "LISTEN tq_ready", 0, NULL, listen_result, d) ||
+					!pgc_send(c, "LISTEN tq_cancel", 0, NULL, listen_result, d))
+					return;
+				/* Whatever was announced while we were away. */
+				for (Queue *q = d->queues; q; q = q->next)
+					q->wanted = true;
+			}
+			else
+			{
+				/* Outcomes kept while disconnected go now. */
+				for (Task *t = d->tasks; t; t = t->next)
+					if (t->state == TASK_SENT)
+						t->state = TASK_DONE;
+				if (d->waiting > 0)
+					flush_soon(d);
+			}
+			lease_soon(d);
+			break;
+		case PGC_DISCONNECTED:
+			tlog(LOG_WARNING, "connection failed", "conn=%s error=%s retry_in=%s", pgc_name(c),
+				 kvq(a), b);
+			if (c == d->work)
+			{
+				for (Queue *q = d->queues; q; q = q->next)
+					q->leasing = false;
+				d->heartbeats = 0;
+				d->flushing = 0;
+			}
+			break;
+		case PGC_NOTIFY:
+			on_notify(d, a, b);
+			break;
+	}
+}
+
+/* ------------------------------------------------------------------------
+ * Stopping, signals, reload
+ * ------------------------------------------------------------------------
+ */
+
+/* Ends the loop once nothing is left to report. */
+static void
+maybe_finish_stop(Daemon *d)
+{
+	if (d->run_state == RUN_DRAINING && d->running == 0)
+		begin_stopping(d, false);
+	if (d->run_state == RUN_STOPPING && d->running == 0 && d->waiting == 0)
+	{
+		tlog(LOG_INFO, "stopped", "worker=%s", kvq(d->worker));
+		d->run_state = RUN_DONE;
+		ev_break(d->loop, EVBREAK_ALL);
+	}
+}
+
+/*
+ * Stops whatever still runs and hands it back.  fast: SIGKILL at once;
+ * else exec's normal stop (SIGTERM, then SIGKILL after kill_grace).
+ */
+static void
+begin_stopping(Daemon *d, bool fast)
+{
+	double deadline = d->config->drain_timeout > 5 ? d->config->drain_timeout : 5;
+
+	if (d->run_state != RUN_STOPPING)
+	{
+		d->run_state = RUN_STOPPING;
+		ev_idle_stop(d->loop, &d->lease_idle);
+		ev_timer_stop(d->loop, &d->poll_timer);
+		/* The last flush gets this long; then tq reclaims what is left. */
+		ev_timer_stop(d->loop, &d->stop_timer);
+		ev_timer_set(&d->stop_timer, deadline, 0.);
+		ev_timer_start(d->loop, &d->stop_timer);
+	}
+	for (Task *t = d->tasks, *next; t; t = next)
+	{
+		next = t->next;
+		if (t->state != TASK_RUNNING)
+			continue;
+		if (fast && t->run)
+		{
+			/* exec_free kills the group with SIGKILL. */
+			ExecRun *r = t->run;
+
+			t->run = NULL;
+			exec_free(r);
+			t->stopping = true;
+			t->stop_report = REPORT_RELEASE;
+			task_done(t, REPORT_RELEASE);
+		}
+		else
+			stop_task(t, REPORT_RELEASE);
+	}
+	flush_soon(d);
+	maybe_finish_stop(d);
+}
+
+static void
+stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, stop_timer);
+
+	if (d->run_state == RUN_DRAINING)
+	{
+		tlog(LOG_INFO, "drain timeout: handing back the tasks still running", "running=%d",
+			 d->running);
+		begin_stopping(d, false);
+	}
+	else if (d->run_state == RUN_STOPPING)
+	{
+		tlog(LOG_WARNING,
+			 "could not report every outcome before stopping; tq will reclaim those tasks when "
+			 "their leases expire",
+			 "running=%d unreported=%d", d->running, d->waiting);
+		d->run_state = RUN_DONE;
+		ev_break(loop, EVBREAK_ALL);
+	}
+}
+
+static void
+sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, sigterm);
+
+	if (d->run_state == RUN_ACTIVE)
+	{
+		tlog(LOG_INFO, "SIGTERM: draining", "running=%d drain_timeout=%g", d->running,
+			 d->config->drain_timeout);
+		d->run_state = RUN_DRAINING;
+		ev_idle_stop(loop, &d->lease_idle);
+		ev_timer_stop(loop, &d->poll_timer);
+		ev_timer_set(&d->stop_timer, d->config->drain_timeout, 0.);
+		ev_timer_start(loop, &d->stop_timer);
+		maybe_finish_stop(d);
+	}
+	else
+	{
+		tlog(LOG_INFO, "SIGTERM again: stopping now", "running=%d", d->running);
+		begin_stopping(d, true);
+	}
+}
+
+static void
+sigint_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, sigint);
+
+	tlog(LOG_INFO, "SIGINT: stopping now", "running=%d", d->running);
+	begin_stopping(d, true);
+}
+
+static void
+sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, sighup);
+	char err[1024];
+	Config *c = config_load(d->config_path, err, sizeof(err));
+	Config *old;
+
+	if (c == NULL)
+	{
+		tlog(LOG_ERROR, "reload failed: keeping the old configuration", "error=%s", kvq(err));
+		return;
+	}
+	old = d->config;
+	d->config = c;
+	log_min_level = c->log_level;
+	sync_queues(d);
+	if (strcmp(old->conninfo, c->conninfo) != 0)
+	{
+		/* Applies from the next connection on. */
+		pgc_set_conninfo(d->work, c->conninfo);
+		pgc_set_conninfo(d->listen, c->conninfo);
+	}
+	config_free(old);
+	ev_timer_set(&d->poll_timer, c->poll_interval, c->poll_interval);
+	if (d->run_state == RUN_ACTIVE)
+		ev_timer_again(loop, &d->poll_timer);
+	tlog(LOG_INFO, "configuration reloaded", "file=%s queues=%d", kvq(d->config_path), c->nqueues);
+	lease_soon(d);
+}
+
+/* ------------------------------------------------------------------------
+ * Set-up
+ * ------------------------------------------------------------------------
+ */
+Daemon *
+daemon_new(struct ev_loop *loop, Config *config, const char *config_path)
+{
+	Daemon *d = xcalloc(1, sizeof(Daemon));
+	PgConnOpts o;
+
+	d->loop = loop;
+	d->config = config;
+	d->config_path = xstrdup(config_path);
+	if (config->worker_name[0] != '\0')
+		snprintf(d->worker, sizeof(d->worker), "%s", config->worker_name);
+	else
+	{
+		char host[200];
+
+		if (gethostname(host, sizeof(host)) != 0)
+			snprintf(host, sizeof(host), "localhost");
+		host[sizeof(host) - 1] = '\0';
+		snprintf(d->worker, sizeof(d->worker), "%s:%d", host, (int) getpid());
+	}
+	srandom((unsigned) getpid() ^ (unsigned) time(NULL));
+	sync_queues(d);
+
+	o.connect_timeout = config->connect_timeout;
+	o.reconnect_min = config->reconnect_min;
+	o.reconnect_max = config->reconnect_max;
+	d->work = pgc_new(loop, "work", config->conninfo, &o, conn_event, d);
+	d->listen = pgc_new(loop, "listen", config->conninfo, &o, conn_event, d);
+
+	ev_idle_init(&d->lease_idle, lease_idle_cb);
+	ev_timer_init(&d->poll_timer, poll_cb, config->poll_interval, config->poll_interval);
+	ev_init(&d->flush_timer, flush_cb);
+	ev_init(&d->hb_timer, hb_cb);
+	d->hb_timer.repeat = 10.0;
+	ev_init(&d->stop_timer, stop_timer_cb);
+	ev_signal_init(&d->sigterm, sigterm_cb, SIGTERM);
+	ev_signal_init(&d->sigint, sigint_cb, SIGINT);
+	ev_signal_init(&d->sighup, sighup_cb, SIGHUP);
+	return d;
+}
+
+int
+daemon_run(Daemon *d)
+{
+	signal(SIGPIPE, SIG_IGN);
+	ev_signal_start(d->loop, &d->sigterm);
+	ev_signal_start(d->loop, &d->sigint);
+	ev_signal_start(d->loop, &d->sighup);
+	ev_timer_start(d->loop, &d->poll_timer);
+	tlog(LOG_INFO, "starting", "version=%s worker=%s queues=%d slots=%d", TQD_VERSION,
+		 kvq(d->worker), d->config->nqueues, d->config->slots);
+	pgc_connect(d->listen);
+	pgc_connect(d->work);
+	ev_run(d->loop, 0);
+	return d->exit_status;
+}
+
+void
+daemon_free(Daemon *d)
+{
+	struct ev_loop *loop = d->loop;
+
+	while (d->tasks)
+		free_task(d->tasks);
+	while (d->queues)
+	{
+		Queue *q = d->queues;
+
+		d->queues = q->next;
+		while (q->pool)
+		{
+			SqlConn *s = q->pool;
+
+			q->pool = s->next;
+			pgc_free(s->conn);
+			free(s);
+		}
+		free(q->name);
+		free(q);
+	}
+	pgc_free(d->work);
+	pgc_free(d->listen);
+	ev_idle_stop(loop, &d->lease_idle);
+	ev_timer_stop(loop, &d->poll_timer);
+	ev_timer_stop(loop, &d->flush_timer);
+	ev_timer_stop(loop, &d->hb_timer);
+	ev_timer_stop(loop, &d->stop_timer);
+	ev_signal_stop(loop, &d->sigterm);
+	ev_signal_stop(loop, &d->sigint);
+	ev_signal_stop(loop, &d->sighup);
+	config_free(d->config);
+	free(d->config_path);
+	free(d);
+}

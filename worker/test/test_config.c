@@ -1,0 +1,781 @@
+/*
+ * test_config.c
+ *	  Unit tests of config.c: the sample file against the table of keys,
+ *	  defaults, every value type, every error (its exact text, line and
+ *	  key), and split_argv.
+ *
+ * Each test file is written with mkstemp under /tmp and removed at once
+ * after loading, so a failed run leaves nothing behind.  Error messages are
+ * compared whole: they are part of tqd's interface (operators grep them).
+ * Run from worker/ (make check) or worker/test/: the sample is looked up in
+ * both.  Valgrind-clean: every Config and argv is freed.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "tap.h"
+
+/* The path of the last temporary file: error messages start with it. */
+static char tmp_path[64];
+
+/* Writes text to a new temporary file (its name in tmp_path). */
+static void
+write_tmp(const char *text)
+{
+	int fd;
+	FILE *f;
+
+	strcpy(tmp_path, "/tmp/tqd-test-config-XXXXXX");
+	fd = mkstemp(tmp_path);
+	if (fd < 0 || (f = fdopen(fd, "w")) == NULL)
+	{
+		perror("mkstemp");
+		exit(2);
+	}
+	fputs(text, f);
+	fclose(f);
+}
+
+/* Loads text as a config file; err gets the message on failure. */
+static Config *
+load_text(const char *text, char *err, size_t errlen)
+{
+	Config *c;
+
+	write_tmp(text);
+	c = config_load(tmp_path, err, errlen);
+	unlink(tmp_path);
+	return c;
+}
+
+/*
+ * Checks that text is refused with exactly "TMPFILE" + want (want starts
+ * at the ':' after the file name).
+ */
+static void
+fails_with(const char *text, const char *want, const char *what)
+{
+	char err[1024], full[1200];
+	Config *c = load_text(text, err, sizeof(err));
+
+	snprintf(full, sizeof(full), "%s%s", tmp_path, want);
+	if (c != NULL)
+	{
+		ok(0, "%s: refused", what);
+		config_free(c);
+		return;
+	}
+	is_str(err, full, "%s", what);
+}
+
+/* Checks that text loads; returns the Config (NULL if it did not). */
+static Config *
+loads(const char *text, const char *what)
+{
+	char err[1024] = "";
+	Config *c = load_text(text, err, sizeof(err));
+
+	ok(c != NULL, "%s: loads", what);
+	if (c == NULL)
+		printf("#   error: %s\n", err);
+	return c;
+}
+
+/* One [tqd] key = value and a minimal queue: the Config, or NULL. */
+static Config *
+with_global(const char *line, char *err, size_t errlen)
+{
+	char text[512];
+
+	snprintf(text, sizeof(text), "[tqd]\n%s\n[queue:q]\nhandler = noop\n", line);
+	return load_text(text, err, errlen);
+}
+
+/* Same, for a key of an exec queue. */
+static Config *
+with_exec_key(const char *line, char *err, size_t errlen)
+{
+	char text[512];
+
+	snprintf(text, sizeof(text), "[queue:q]\nhandler = exec\ncommand = /bin/true\n%s\n", line);
+	return load_text(text, err, errlen);
+}
+
+/* A global duration key: checks the seconds it becomes. */
+static void
+global_duration_is(const char *line, size_t offset, double want)
+{
+	char err[1024] = "";
+	Config *c = with_global(line, err, sizeof(err));
+
+	if (c == NULL)
+	{
+		ok(0, "\"%s\" loads: %s", line, err);
+		return;
+	}
+	ok(*(double *) ((char *) c + offset) == want, "\"%s\" is %g s", line, want);
+	config_free(c);
+}
+
+/* An exec queue's size key: checks the bytes it becomes. */
+static void
+queue_size_is(const char *line, size_t offset, size_t want)
+{
+	char err[1024] = "";
+	Config *c = with_exec_key(line, err, sizeof(err));
+
+	if (c == NULL)
+	{
+		ok(0, "\"%s\" loads: %s", line, err);
+		return;
+	}
+	is_int(*(size_t *) ((char *) &c->queues[0] + offset), want, "\"%s\" is %zu bytes", line, want);
+	config_free(c);
+}
+
+/* A refused [tqd] line: the whole message after the file name (line 2). */
+static void
+global_fails(const char *line, const char *want)
+{
+	char err[1024], full[1200];
+	Config *c = with_global(line, err, sizeof(err));
+
+	snprintf(full, sizeof(full), "%s:2: %s", tmp_path, want);
+	if (c != NULL)
+	{
+		ok(0, "\"%s\" refused", line);
+		config_free(c);
+		return;
+	}
+	is_str(err, full, "\"%s\" refused", line);
+}
+
+/* A refused exec queue line (line 4). */
+static void
+exec_key_fails(const char *line, const char *want)
+{
+	char err[1024], full[1200];
+	Config *c = with_exec_key(line, err, sizeof(err));
+
+	snprintf(full, sizeof(full), "%s:4: %s", tmp_path, want);
+	if (c != NULL)
+	{
+		ok(0, "\"%s\" refused", line);
+		config_free(c);
+		return;
+	}
+	is_str(err, full, "\"%s\" refused", line);
+}
+
+/*
+ * The defaults, as the brief states them (not read from config.c's
+ * table, so that a changed default is a visible decision).
+ */
+static void
+check_global_defaults(const Config *c, const char *what)
+{
+	is_str(c->conninfo, "", "%s: conninfo", what);
+	is_str(c->worker_name, "", "%s: worker_name", what);
+	is_int(c->slots, 16, "%s: slots", what);
+	is_int(c->lease_batch, 50, "%s: lease_batch", what);
+	ok(c->flush_interval == 0.005, "%s: flush_interval 5ms", what);
+	ok(c->poll_interval == 5, "%s: poll_interval 5s", what);
+	ok(c->heartbeat_interval == 0, "%s: heartbeat_interval 0", what);
+	ok(c->drain_timeout == 30, "%s: drain_timeout 30s", what);
+	ok(c->reconnect_min == 0.1, "%s: reconnect_min 100ms", what);
+	ok(c->reconnect_max == 10, "%s: reconnect_max 10s", what);
+	ok(c->connect_timeout == 10, "%s: connect_timeout 10s", what);
+	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
+}
+
+static void
+check_queue_defaults(const QueueConf *q, const char *what)
+{
+	is_int(q->concurrency, 4, "%s: concurrency", what);
+	ok(q->timeout == 0, "%s: timeout 0", what);
+	ok(q->kill_grace == 5, "%s: kill_grace 5s", what);
+	is_int(q->max_output, 256 * 1024, "%s: max_output 256kB", what);
+	is_int(q->max_log_bytes, 64 * 1024, "%s: max_log_bytes 64kB", what);
+	is_int(q->max_log_lines, 1000, "%s: max_log_lines", what);
+	is_int(q->memory_limit, 0, "%s: memory_limit 0", what);
+	ok(q->cpu_limit == 0, "%s: cpu_limit 0", what);
+	is_int(q->throttled_exit, 69, "%s: throttled_exit", what);
+}
+
+/* Every key the brief names, in [tqd] then [queue:NAME]. */
+static const char *const global_keys[] = {"conninfo",           "worker_name",     "slots",
+										  "lease_batch",        "flush_interval",  "poll_interval",
+										  "heartbeat_interval", "drain_timeout",   "reconnect_min",
+										  "reconnect_max",      "connect_timeout", "log_level"};
+static const char *const queue_keys[] = {
+	"handler",       "concurrency",   "timeout",      "kill_grace", "command",        "max_output",
+	"max_log_bytes", "max_log_lines", "memory_limit", "cpu_limit",  "throttled_exit", "function"};
+#define NGLOBAL ((int) (sizeof(global_keys) / sizeof(global_keys[0])))
+#define NQUEUE ((int) (sizeof(queue_keys) / sizeof(queue_keys[0])))
+
+static char *
+read_whole(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf;
+	long len;
+
+	if (f == NULL)
+		return NULL;
+	fseek(f, 0, SEEK_END);
+	len = ftell(f);
+	rewind(f);
+	buf = malloc(len + 1);
+	if (fread(buf, 1, len, f) != (size_t) len)
+		len = 0;
+	buf[len] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/*
+ * How often key is set in the sample's text, as "key = ..." or commented
+ * out as ";key = ..." (the sample's convention for a key of another
+ * handler), within the section that starts with header.
+ */
+static int
+count_key(const char *text, const char *header, const char *key)
+{
+	const char *sec = strstr(text, header);
+	const char *end, *line;
+	size_t klen = strlen(key);
+	int n = 0;
+
+	if (sec == NULL)
+		return -1;
+	end = strstr(sec + 1, "\n[");
+	if (end == NULL)
+		end = sec + strlen(sec);
+	for (line = sec; line != NULL && line < end; line = strchr(line, '\n'))
+	{
+		if (*line == '\n')
+			line++;
+		if (*line == ';' && line[1] != ' ')
+			line++;
+		if (strncmp(line, key, klen) == 0 && strncmp(line + klen, " =", 2) == 0)
+			n++;
+	}
+	return n;
+}
+
+/* Lines of the sample that set a key, active or ";key =" (no blank after ;). */
+static int
+count_key_lines(const char *text)
+{
+	int n = 0;
+
+	for (const char *line = text; line != NULL; line = strchr(line, '\n'))
+	{
+		const char *eq;
+
+		if (*line == '\n')
+			line++;
+		if (*line == ';' && line[1] != ' ' && line[1] != '\n' && line[1] != '\0')
+			line++;
+		eq = strstr(line, " =");
+		if (*line != ';' && *line != '[' && *line != '\n' && *line != '\0' && eq != NULL &&
+			eq < strchrnul(line, '\n'))
+			n++;
+	}
+	return n;
+}
+
+static void
+test_sample(void)
+{
+	const char *path =
+		access("tqd.conf.sample", R_OK) == 0 ? "tqd.conf.sample" : "../tqd.conf.sample";
+	char err[1024] = "";
+	char *text = read_whole(path);
+	char *generated = NULL;
+	size_t genlen = 0;
+	FILE *mem = open_memstream(&generated, &genlen);
+	Config *c;
+
+	ok(text != NULL, "the sample file %s is there", path);
+	if (text == NULL)
+		text = strdup("");
+
+	config_print_defaults(mem);
+	fclose(mem);
+	ok(strlen(text) >= genlen && strcmp(text + strlen(text) - genlen, generated) == 0,
+	   "the sample ends with exactly what config_print_defaults prints");
+	ok(strncmp(text, "; ", 2) == 0 && strstr(text, "tqd --check-config -c FILE") != NULL,
+	   "the sample starts with a header that says how to check a file");
+
+	for (int i = 0; i < NGLOBAL; i++)
+		is_int(count_key(text, "\n[tqd]\n", global_keys[i]), 1, "sample [tqd] has %s once",
+			   global_keys[i]);
+	for (int i = 0; i < NQUEUE; i++)
+		is_int(count_key(text, "\n[queue:example]\n", queue_keys[i]), 1,
+			   "sample [queue:example] has %s once", queue_keys[i]);
+	is_int(count_key_lines(text), NGLOBAL + NQUEUE, "the sample sets no other key");
+	ok(strstr(text, "\n;function = ") != NULL,
+	   "sql-only function is commented out as \";function = \"");
+
+	c = config_load(path, err, sizeof(err));
+	ok(c != NULL, "the sample loads");
+	if (c == NULL)
+	{
+		printf("#   error: %s\n", err);
+		free(text);
+		free(generated);
+		return;
+	}
+	check_global_defaults(c, "sample");
+	is_int(c->nqueues, 1, "sample: one queue");
+	is_str(c->queues[0].name, "example", "sample: queue example");
+	is_int(c->queues[0].handler, HANDLER_EXEC, "sample: handler exec");
+	is_str(c->queues[0].command, "/bin/cat", "sample: command");
+	check_queue_defaults(&c->queues[0], "sample");
+	ok(c->queues[0].function == NULL, "sample: no function");
+	config_free(c);
+	free(text);
+	free(generated);
+}
+
+static void
+test_defaults(void)
+{
+	Config *c = loads("[queue:q]\nhandler = exec\ncommand = /bin/echo  hello 'big world'\n",
+					  "a file with only a queue");
+
+	if (c == NULL)
+		return;
+	check_global_defaults(c, "omitted");
+	check_queue_defaults(&c->queues[0], "omitted");
+	is_int(c->queues[0].line, 1, "QueueConf.line is its header's line");
+	ok(c->queues[0].argv != NULL && c->queues[0].argv[0] != NULL &&
+		   strcmp(c->queues[0].argv[0], "/bin/echo") == 0 &&
+		   strcmp(c->queues[0].argv[2], "big world") == 0 && c->queues[0].argv[3] == NULL,
+	   "command is split into argv");
+	ok(strcmp(c->path, tmp_path) == 0, "Config.path is the file read");
+	config_free(c);
+
+	c = loads("; comment\n# comment\n[tqd]\nconninfo = host=db dbname=app ; a comment\n"
+			  "worker_name = w1\nlog_level = debug\n\n"
+			  "[queue:a.b-c_1]\nhandler = noop\n"
+			  "[queue:s]\nfunction = app.handle_task\nhandler = sql\ntimeout = 1min\n",
+			  "a file with several queues");
+	if (c == NULL)
+		return;
+	is_str(c->conninfo, "host=db dbname=app", "conninfo, inline comment dropped");
+	is_str(c->worker_name, "w1", "worker_name");
+	is_int(c->log_level, LOG_DEBUG, "log_level debug");
+	is_int(c->nqueues, 2, "two queues");
+	ok(config_queue(c, "a.b-c_1") == &c->queues[0], "config_queue finds a.b-c_1");
+	ok(config_queue(c, "s") != NULL && config_queue(c, "s")->handler == HANDLER_SQL &&
+		   strcmp(config_queue(c, "s")->function, "app.handle_task") == 0 &&
+		   config_queue(c, "s")->timeout == 60,
+	   "config_queue finds s: sql, its function, timeout 1min");
+	ok(config_queue(c, "nope") == NULL, "config_queue: NULL for an unknown queue");
+	ok(c->queues[0].command == NULL && c->queues[0].argv == NULL,
+	   "noop queue: no command, no argv");
+	is_int(c->queues[1].line, 10, "second queue's header line");
+	config_free(c);
+}
+
+static void
+test_values(void)
+{
+	char err[1024];
+	Config *c;
+
+	/* Durations: each unit, fractions, 0. */
+	global_duration_is("poll_interval = 250ms", offsetof(Config, poll_interval), 0.25);
+	global_duration_is("poll_interval = 10ms", offsetof(Config, poll_interval), 0.01);
+	global_duration_is("poll_interval = 7s", offsetof(Config, poll_interval), 7);
+	global_duration_is("poll_interval = 1.5s", offsetof(Config, poll_interval), 1.5);
+	global_duration_is("poll_interval = 2min", offsetof(Config, poll_interval), 120);
+	global_duration_is("poll_interval = 1h", offsetof(Config, poll_interval), 3600);
+	global_duration_is("poll_interval = 30 s", offsetof(Config, poll_interval), 30);
+	global_duration_is("drain_timeout = 0", offsetof(Config, drain_timeout), 0);
+	global_duration_is("drain_timeout = 0s", offsetof(Config, drain_timeout), 0);
+	global_duration_is("drain_timeout = 24h", offsetof(Config, drain_timeout), 86400);
+	global_duration_is("reconnect_min = 1ms", offsetof(Config, reconnect_min), 0.001);
+
+	global_fails("poll_interval = 5", "key \"poll_interval\": \"5\" has no unit: add one of ms, "
+									  "s, min or h (e.g. 5s)");
+	global_fails("drain_timeout = 1.5",
+				 "key \"drain_timeout\": \"1.5\" has no unit: add one of ms, s, min or h (e.g. "
+				 "1.5s)");
+	global_fails("poll_interval = 5m", "key \"poll_interval\": invalid duration \"5m\": unknown "
+									   "unit \"m\" (use ms, s, min or h)");
+	global_fails("poll_interval = fast",
+				 "key \"poll_interval\": invalid duration \"fast\": expected a number and a unit "
+				 "(ms, s, min or h), e.g. 250ms, 1.5s or 2min");
+	global_fails("poll_interval = -1s",
+				 "key \"poll_interval\": invalid duration \"-1s\": expected a number and a unit "
+				 "(ms, s, min or h), e.g. 250ms, 1.5s or 2min");
+	global_fails("poll_interval = 2h", "key \"poll_interval\": 2h is out of range (10ms to 1h)");
+	global_fails("poll_interval = 9ms", "key \"poll_interval\": 9ms is out of range (10ms to 1h)");
+	global_fails("flush_interval = 11s", "key \"flush_interval\": 11s is out of range (0 to 10s)");
+	global_fails("poll_interval =",
+				 "key \"poll_interval\": invalid duration \"\": expected a number and a unit "
+				 "(ms, s, min or h), e.g. 250ms, 1.5s or 2min");
+
+	/* Sizes. */
+	queue_size_is("max_output = 512B", offsetof(QueueConf, max_output), 512);
+	queue_size_is("max_output = 64kB", offsetof(QueueConf, max_output), 65536);
+	queue_size_is("max_output = 2MB", offsetof(QueueConf, max_output), 2 * 1024 * 1024);
+	queue_size_is("max_output = 1GB", offsetof(QueueConf, max_output), 1024 * 1024 * 1024);
+	queue_size_is("max_output = 0", offsetof(QueueConf, max_output), 0);
+	queue_size_is("memory_limit = 1MB", offsetof(QueueConf, memory_limit), 1024 * 1024);
+	queue_size_is("memory_limit = 8GB", offsetof(QueueConf, memory_limit),
+				  (size_t) 8 * 1024 * 1024 * 1024);
+	exec_key_fails("max_output = 1024", "key \"max_output\": \"1024\" has no unit: add one of B, "
+										"kB, MB or GB (e.g. 1024kB)");
+	exec_key_fails("max_output = 1mb",
+				   "key \"max_output\": invalid size \"1mb\": unknown unit \"mb\" (use B, kB, MB "
+				   "or GB; 1kB = 1024B)");
+	exec_key_fails("max_output = 1.5MB",
+				   "key \"max_output\": invalid size \"1.5MB\": expected a whole number and a "
+				   "unit (B, kB, MB or GB), e.g. 64kB or 1MB");
+	exec_key_fails("max_output = 2GB", "key \"max_output\": 2GB is out of range (0 to 1GB)");
+	exec_key_fails("memory_limit = 512kB",
+				   "key \"memory_limit\": 512kB is out of range (0, or at least 1MB)");
+	exec_key_fails("memory_limit = 999999999999999GB",
+				   "key \"memory_limit\": 999999999999999GB is out of range (0, or at least 1MB)");
+	exec_key_fails("cpu_limit = 500ms",
+				   "key \"cpu_limit\": 500ms is out of range (0, or 1s to 168h)");
+
+	/* Ints. */
+	c = with_global("slots = 10000", err, sizeof(err));
+	ok(c != NULL && c->slots == 10000, "slots = 10000 (the maximum)");
+	config_free(c);
+	c = with_global("slots = 1", err, sizeof(err));
+	ok(c != NULL && c->slots == 1, "slots = 1 (the minimum)");
+	config_free(c);
+	global_fails("slots = 0", "key \"slots\": 0 is out of range (1 to 10000)");
+	global_fails("slots = 10001", "key \"slots\": 10001 is out of range (1 to 10000)");
+	global_fails("slots = -1", "key \"slots\": -1 is out of range (1 to 10000)");
+	global_fails("slots = many",
+				 "key \"slots\": invalid value \"many\": expected a whole number, 1 to 10000");
+	global_fails("slots = 1.5",
+				 "key \"slots\": invalid value \"1.5\": expected a whole number, 1 to 10000");
+	global_fails("slots = 99999999999999999999",
+				 "key \"slots\": invalid value \"99999999999999999999\": expected a whole "
+				 "number, 1 to 10000");
+	exec_key_fails("max_log_lines = 1000001",
+				   "key \"max_log_lines\": 1000001 is out of range (0 to 1000000)");
+
+	/* Enums. */
+	global_fails("log_level = verbose", "key \"log_level\": invalid value \"verbose\": expected "
+										"debug, info, warning or error");
+	global_fails("log_level = INFO", "key \"log_level\": invalid value \"INFO\": expected debug, "
+									 "info, warning or error");
+	for (int l = LOG_DEBUG; l <= LOG_ERROR; l++)
+	{
+		char line[64];
+
+		snprintf(line, sizeof(line), "log_level = %s", log_level_name(l));
+		c = with_global(line, err, sizeof(err));
+		ok(c != NULL && (int) c->log_level == l, "log_level_name(%d) = %s reads back", l,
+		   log_level_name(l));
+		config_free(c);
+	}
+	fails_with("[queue:q]\nhandler = shell\n",
+			   ":2: key \"handler\": invalid value \"shell\": expected noop, exec or sql",
+			   "unknown handler");
+
+	/* Exec-specific checks. */
+	exec_key_fails("throttled_exit = 75", "key \"throttled_exit\": 75 already has a meaning "
+										  "(EX_TEMPFAIL: failed, retried); choose another exit "
+										  "status");
+	exec_key_fails("throttled_exit = 64", "key \"throttled_exit\": 64 already has a meaning "
+										  "(EX_USAGE: failed, not retried); choose another exit "
+										  "status");
+	exec_key_fails("throttled_exit = 0", "key \"throttled_exit\": 0 is out of range (1 to 255)");
+	c = with_exec_key("throttled_exit = 70", err, sizeof(err));
+	ok(c != NULL && c->queues[0].throttled_exit == 70, "throttled_exit = 70");
+	config_free(c);
+}
+
+static void
+test_errors(void)
+{
+	char err[1024];
+	Config *c;
+
+	fails_with("; a comment\n\n[tqd]\nslots = 8\n# another\n\nlease_batch = 0\n"
+			   "[queue:q]\nhandler = noop\n",
+			   ":7: key \"lease_batch\": 0 is out of range (1 to 10000)",
+			   "the error names the right line after comments and blank lines");
+	fails_with("[tqd]\nslot = 8\n[queue:q]\nhandler = noop\n", ":2: key \"slot\": unknown key",
+			   "unknown key");
+	fails_with("[tqd]\nhandler = exec\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"handler\": unknown key in [tqd] (it belongs in a [queue:NAME] section)",
+			   "a queue key in [tqd]");
+	fails_with("[queue:q]\nhandler = noop\nslots = 3\n",
+			   ":3: key \"slots\": unknown key in a [queue:NAME] section (it belongs in [tqd])",
+			   "a global key in a queue");
+	fails_with("slots = 3\n[queue:q]\nhandler = noop\n",
+			   ":1: key \"slots\": outside any section (put it under [tqd] or [queue:NAME])",
+			   "a key before any section");
+	fails_with("[tqd]\n[worker]\nslots = 3\n",
+			   ":2: section \"worker\": unknown section (expected [tqd] or [queue:NAME])",
+			   "unknown section");
+	fails_with("[tqd]\nslots = 3\nlease_batch = 5\nslots = 4\n[queue:q]\nhandler = noop\n",
+			   ":4: key \"slots\": given twice in this section (first on line 2)", "duplicate key");
+	fails_with("[queue:q]\nhandler = noop\n[queue:r]\nhandler = noop\n[queue:q]\n"
+			   "handler = noop\n",
+			   ":5: section \"queue:q\": queue \"q\" given twice (first on line 1)",
+			   "duplicate queue");
+	fails_with("[tqd]\n[queue:q]\nhandler = noop\n[tqd]\n",
+			   ":4: section \"tqd\": given twice (first on line 1)", "duplicate [tqd]");
+	fails_with("[queue:1q]\nhandler = noop\n",
+			   ":1: section \"queue:1q\": invalid queue name \"1q\": expected a letter, then "
+			   "letters, digits, _, - or .",
+			   "queue name starting with a digit");
+	fails_with("[queue:]\nhandler = noop\n", ":1: section \"queue:\": empty queue name",
+			   "empty queue name");
+	fails_with("[queue:"
+			   "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq]\n"
+			   "handler = noop\n",
+			   ":1: section \"queue:"
+			   "qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq\": queue name "
+			   "longer than 63 bytes",
+			   "a 64-byte queue name");
+	c = loads("[queue:qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqq]\n"
+			  "handler = noop\n",
+			  "a 63-byte queue name");
+	ok(c != NULL && strlen(c->queues[0].name) == 63, "a 63-byte queue name is kept whole");
+	config_free(c);
+
+	fails_with("[tqd]\nslots = 3\n[queue:q]\nconcurrency = 2\n",
+			   ":3: section \"queue:q\": key \"handler\" is required (noop, exec or sql)",
+			   "missing handler");
+	fails_with("[queue:q]\n[queue:r]\nhandler = noop\n",
+			   ":1: section \"queue:q\": key \"handler\" is required (noop, exec or sql)",
+			   "an empty queue section");
+	fails_with("[queue:q]\nhandler = exec\n",
+			   ":1: section \"queue:q\": key \"command\" is required for handler exec",
+			   "exec without command");
+	fails_with("[queue:q]\nhandler = sql\n",
+			   ":1: section \"queue:q\": key \"function\" is required for handler sql",
+			   "sql without function");
+	fails_with("[queue:q]\ncommand = /bin/true\nhandler = noop\n",
+			   ":2: key \"command\": only for handler exec (this queue's is noop)",
+			   "command given for noop (before the handler)");
+	fails_with("[queue:q]\nhandler = sql\nfunction = f\nmax_output = 1MB\n",
+			   ":4: key \"max_output\": only for handler exec (this queue's is sql)",
+			   "an exec key for sql");
+	fails_with("[queue:q]\nhandler = exec\ncommand = x\nfunction = app.f\n",
+			   ":4: key \"function\": only for handler sql (this queue's is exec)",
+			   "function given for exec");
+	fails_with("[queue:q]\nhandler = exec\ncommand =\n", ":3: key \"command\": no program given",
+			   "an empty command");
+	fails_with("[queue:q]\nhandler = exec\ncommand = /bin/sh -c 'echo hi\n",
+			   ":3: key \"command\": unterminated single quote at character 12",
+			   "a command with an unterminated quote");
+
+	fails_with("[queue:q]\nhandler = sql\nfunction = app.f'x\n",
+			   ":3: key \"function\": invalid function name \"app.f'x\": expected name or "
+			   "schema.name, each a letter or _ then letters, digits, _ or $ (at most 63 bytes), "
+			   "without quotes",
+			   "sql function with a quote");
+	fails_with("[queue:q]\nhandler = sql\nfunction = f;drop table t\n",
+			   ":3: key \"function\": invalid function name \"f;drop table t\": expected name or "
+			   "schema.name, each a letter or _ then letters, digits, _ or $ (at most 63 bytes), "
+			   "without quotes",
+			   "sql function with a semicolon");
+	{
+		static const char *const bad[] = {"\"app\".f", "a.b.c", "f()",   "1f",
+										  "app.",      ".f",    "app .f"};
+		static const char *const good[] = {"f", "app.handle_task", "_x.y$1", "App.Handle"};
+
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		{
+			char text[256];
+
+			snprintf(text, sizeof(text), "[queue:q]\nhandler = sql\nfunction = %s\n", bad[i]);
+			c = load_text(text, err, sizeof(err));
+			ok(c == NULL && strstr(err, ":3: key \"function\": invalid function name") != NULL,
+			   "function %s refused", bad[i]);
+			config_free(c);
+		}
+		for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		{
+			char text[256];
+
+			snprintf(text, sizeof(text), "[queue:q]\nhandler = sql\nfunction = %s\n", good[i]);
+			c = load_text(text, err, sizeof(err));
+			ok(c != NULL && strcmp(c->queues[0].function, good[i]) == 0, "function %s accepted",
+			   good[i]);
+			config_free(c);
+		}
+	}
+
+	fails_with("[tqd]\nreconnect_max = 50ms\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"reconnect_max\": 50ms is less than reconnect_min (100ms)",
+			   "reconnect_max < reconnect_min");
+	fails_with("[tqd]\nreconnect_min = 1min\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"reconnect_min\": 1min is more than reconnect_max (10s)",
+			   "reconnect_min above the default reconnect_max");
+	c = loads("[tqd]\nreconnect_min = 2s\nreconnect_max = 2s\n[queue:q]\nhandler = noop\n",
+			  "reconnect_max = reconnect_min");
+	config_free(c);
+
+	fails_with("[tqd]\nslots = 3\n",
+			   ": no queue: add a [queue:NAME] section for each queue tqd "
+			   "serves",
+			   "no queue");
+	fails_with("", ": no queue: add a [queue:NAME] section for each queue tqd serves",
+			   "an empty file");
+	fails_with("[tqd]\nslots\n[queue:q]\nhandler = noop\n",
+			   ":2: syntax error: expected \"key = value\", \"[section]\" or a comment (; or #)",
+			   "a line without =");
+	fails_with("[tqd]\n[queue:q\nhandler = noop\n",
+			   ":2: syntax error: section header without a closing \"]\"", "a header without ]");
+	fails_with("[tqd]\nslots 3\nlease_batch = 0\n[queue:q]\nhandler = noop\n",
+			   ":2: syntax error: expected \"key = value\", \"[section]\" or a comment (; or #)",
+			   "a syntax error before a bad value is reported first");
+
+	c = config_load("/nonexistent/tqd.conf", err, sizeof(err));
+	ok(c == NULL, "a missing file is refused");
+	is_str(err, "/nonexistent/tqd.conf: cannot open: No such file or directory",
+		   "missing file message");
+}
+
+/* Continuation lines, long lines. */
+static void
+test_lines(void)
+{
+	char text[1024], line[400];
+	Config *c;
+
+	c = loads("[tqd]\nconninfo = host=db\n  dbname=app ; the database\n\tuser=tqd\n"
+			  "slots = 2\n[queue:q]\nhandler = exec\ncommand = /bin/echo\n  a\n  'b c'\n",
+			  "values continued on indented lines");
+	if (c != NULL)
+	{
+		is_str(c->conninfo, "host=db dbname=app user=tqd", "conninfo joined with blanks");
+		is_int(c->slots, 2, "the key after a continuation");
+		ok(c->queues[0].argv[2] != NULL && strcmp(c->queues[0].argv[2], "b c") == 0 &&
+			   c->queues[0].argv[3] == NULL,
+		   "command continued is split whole");
+	}
+	config_free(c);
+	fails_with("[tqd]\nslots = 2\n  lease_batch = 3\n[queue:q]\nhandler = noop\n",
+			   ":3: key \"slots\": this line starts with a blank, so it continues the value of "
+			   "\"slots\", which takes one line (remove the indentation)",
+			   "an indented key under a number");
+	c = loads("[tqd]\n  slots = 2\n[queue:q]\nhandler = noop\n",
+			  "an indented first key of a section");
+	ok(c != NULL && c->slots == 2, "an indented first key is a key");
+	config_free(c);
+
+	memset(line, 'x', 300);
+	line[300] = '\0';
+	snprintf(text, sizeof(text), "[tqd]\nconninfo = %s\n[queue:q]\nhandler = noop\n", line);
+	fails_with(text,
+			   ":2: line too long (at most 198 characters); continue a long value on the next "
+			   "line, indented",
+			   "a line too long");
+	snprintf(text, sizeof(text), "; %s\n[tqd]\nslots = 5\n[queue:q]\nhandler = noop\n", line);
+	c = loads(text, "a long comment line");
+	ok(c != NULL && c->slots == 5, "a long comment line is skipped whole");
+	config_free(c);
+	c = loads("[queue:q]\nhandler = noop", "a last line without a newline");
+	config_free(c);
+	c = loads("\xEF\xBB\xBF[queue:q]\r\nhandler = noop\r\n", "a BOM and CRLF line ends");
+	ok(c != NULL && c->queues[0].handler == HANDLER_NOOP && c->queues[0].line == 1,
+	   "BOM and CRLF: queue read");
+	config_free(c);
+}
+
+/* Splits s; checks the count and the words joined with '|'. */
+static void
+split_is(const char *s, int want_n, const char *want_words, const char *what)
+{
+	char err[256] = "";
+	char **argv = NULL;
+	char joined[512] = "";
+	int n = split_argv(s, &argv, err, sizeof(err));
+
+	if (n < 0)
+	{
+		ok(0, "%s: split (%s)", what, err);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			strcat(joined, "|");
+		strcat(joined, argv[i]);
+	}
+	ok(n == want_n && argv[n] == NULL && strcmp(joined, want_words) == 0, "%s: %d words [%s]", what,
+	   want_n, want_words);
+	if (n != want_n || strcmp(joined, want_words) != 0)
+		printf("#   got %d words [%s]\n", n, joined);
+	free_argv(argv);
+}
+
+static void
+split_fails(const char *s, const char *want, const char *what)
+{
+	char err[256] = "";
+	char **argv = (char **) 1;
+	int n = split_argv(s, &argv, err, sizeof(err));
+
+	ok(n == -1 && argv == NULL, "%s: -1, argv NULL", what);
+	is_str(err, want, "%s: message", what);
+	if (n >= 0)
+		free_argv(argv);
+}
+
+static void
+test_split_argv(void)
+{
+	split_is("/bin/echo a b", 3, "/bin/echo|a|b", "plain words");
+	split_is("  a \t  b\t", 2, "a|b", "several blanks, leading and trailing");
+	split_is("sh -c 'echo $HOME; ls *'", 3, "sh|-c|echo $HOME; ls *",
+			 "single quotes keep everything");
+	split_is("'a\\b' 'x\"y'", 2, "a\\b|x\"y", "backslash and \" are literal in single quotes");
+	split_is("say \"he said \\\"hi\\\" \\\\ \\n\"", 2, "say|he said \"hi\" \\ \\n",
+			 "double quotes: \\\" and \\\\ escaped, other backslashes kept");
+	split_is("a\\ b c", 2, "a b|c", "backslash-blank outside quotes");
+	split_is("\\'x\\\"", 1, "'x\"", "backslash-quote outside quotes");
+	split_is("ab'c d'\"e\"f", 1, "abc def", "quotes glued to a word");
+	split_is("'' \"\" x", 3, "||x", "empty quotes make empty words");
+	split_is("", 0, "", "empty string: no words");
+	split_is(" \t ", 0, "", "only blanks: no words");
+	split_fails("echo 'oops", "unterminated single quote at character 6",
+				"unterminated single quote");
+	split_fails("echo \"a \\\" b", "unterminated double quote at character 6",
+				"unterminated double quote (its \\\" escaped)");
+	split_fails("echo a\\", "backslash at the end, with nothing to escape", "trailing backslash");
+}
+
+static void
+test_misc(void)
+{
+	is_str(log_level_name(LOG_DEBUG), "debug", "log_level_name debug");
+	is_str(log_level_name(LOG_WARNING), "warning", "log_level_name warning");
+	is_str(log_level_name((LogLevel) 42), "unknown", "log_level_name out of range");
+	config_free(NULL);
+	free_argv(NULL);
+	ok(1, "config_free(NULL) and free_argv(NULL) are no-ops");
+}
+
+int
+main(void)
+{
+	plan(225);
+	test_sample();
+	test_defaults();
+	test_values();
+	test_errors();
+	test_lines();
+	test_split_argv();
+	test_misc();
+	return done_testing();
+}
