@@ -5,14 +5,16 @@
 # Starts a PostgreSQL cluster with tq preloaded (as the postgres OS user, on a
 # private socket), creates two queues, submits example tasks -- one that
 # succeeds, one that fails once and is retried, one that is dead-lettered,
-# a duplicate, a delayed task and a bulk batch -- and runs a worker written
-# in plain SQL against them (lease, do the work, complete or fail) until
-# every task has finished.  Then it prints the tasks and the queue stats.
-# The cluster is stopped and removed on exit, also on failure.
+# a duplicate, a delayed task and a bulk batch -- and runs tqd, the worker
+# daemon, on them: the sample configuration (worker/tqd.conf.sample, every
+# key at its default) with its example queue replaced by the demo's two,
+# whose tasks run worker/examples/demo-handler.pl through the exec handler.
+# Once every task has finished it prints the tasks, a task's log, some of
+# tqd's log lines and the queue stats, and stops tqd with SIGTERM.  The
+# cluster is stopped and removed on exit, also on failure, and tqd with it.
 #
 # tq's background worker promotes the delayed task and the retries on
-# time and sends tq_ready; tqd, the worker daemon, replaces the SQL worker
-# when it lands.
+# time and sends tq_ready, which wakes tqd.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -56,57 +58,47 @@ SELECT cardinality(tq_submit_many('thumbnails',
 SELECT queue, scheduled, ready, running, succeeded, dead FROM tq_queue_stats_exact ORDER BY queue;
 SQL
 
-step "A worker in plain SQL: lease up to 100, do the work, report, repeat"
-psql <<'SQL'
--- The "work": succeed, fail once, fail with bad input, or always fail.
-CREATE FUNCTION demo_worker_round() RETURNS TABLE (leased int, succeeded int, failed int)
-LANGUAGE plpgsql AS $$
-DECLARE
-    t record;
-BEGIN
-    leased := 0; succeeded := 0; failed := 0;
-    FOR t IN SELECT * FROM tq_lease('demo-worker', ARRAY['email', 'thumbnails'], 100) LOOP
-        leased := leased + 1;
-        CASE t.payload->>'work'
-            WHEN 'fail_once' THEN
-                IF t.attempt = 1 THEN
-                    PERFORM tq_fail(t.id, t.attempt, 'converter crashed (transient)');
-                    failed := failed + 1; CONTINUE;
-                END IF;
-            WHEN 'bad_input' THEN
-                PERFORM tq_fail(t.id, t.attempt, 'invalid address: ' || (t.payload->>'to'), retry => 'never');
-                failed := failed + 1; CONTINUE;
-            WHEN 'always_fail' THEN
-                PERFORM tq_fail(t.id, t.attempt, format('SMTP 451 on attempt %s', t.attempt));
-                failed := failed + 1; CONTINUE;
-            ELSE NULL;
-        END CASE;
-        PERFORM tq_complete(t.id, t.attempt, jsonb_build_object('done_by', 'demo-worker', 'attempt', t.attempt));
-        succeeded := succeeded + 1;
-    END LOOP;
-    RETURN NEXT;
-END $$;
-SQL
+step "tqd runs them: the sample configuration, with the demo's two queues"
+top=$(cd "$here/.." && pwd)
+tqd=$top/worker/tqd
+[ -x "$tqd" ] || { echo "demo: $tqd is not built (make)" >&2; exit 1; }
+work=$(mktemp -d /tmp/tq-demo.XXXXXX)
+conf=$work/tqd.conf
+# The sample's [tqd] section as it is (conninfo "" takes PGHOST, PGPORT and
+# PGDATABASE from the environment: this cluster), then the demo's queues.
+sed -n '/^\[queue:/q;p' "$top/worker/tqd.conf.sample" >"$conf"
+cat >>"$conf" <<CONF
+[queue:email]
+handler = exec
+command = $top/worker/examples/demo-handler.pl
+concurrency = 4
 
-# Rounds until nothing is live, with a deadline; retries wait out their backoff.
-deadline=$((SECONDS + 60))
-round=0
+[queue:thumbnails]
+handler = exec
+command = $top/worker/examples/demo-handler.pl
+concurrency = 8
+CONF
+"$tqd" -c "$conf" --check-config
+"$tqd" -c "$conf" 2>"$work/tqd.log" &
+tqd_pid=$!
+stop_tqd() { kill "$tqd_pid" 2>/dev/null || true; rm -rf "$work"; }
+_tq_cluster_chain_trap EXIT stop_tqd
+echo "tqd started (pid $tqd_pid)"
+
+# Until nothing is live, with a deadline; retries wait out their backoff.
+deadline=$((SECONDS + 90))
 while :; do
 	live=$(psql -At -c "SELECT sum(scheduled + ready + paused + running) FROM tq_queue_stats")
 	[ "$live" -eq 0 ] && break
 	if [ $SECONDS -ge $deadline ]; then
-		echo "demo: tasks still live after 60 s" >&2
+		echo "demo: tasks still live after 90 s; tqd's log:" >&2
+		tail -n 20 "$work/tqd.log" >&2
 		exit 1
 	fi
-	out=$(psql -At -F ' ' -c "SELECT * FROM demo_worker_round()")
-	read -r leased ok failed <<<"$out"
-	round=$((round + 1))
-	if [ "$leased" -gt 0 ]; then
-		printf 'round %2d: leased %4d, succeeded %4d, failed %d\n' "$round" "$leased" "$ok" "$failed"
-	else
-		sleep 0.2	# nothing ready: retries and the delayed task are waiting
-	fi
+	printf 'live tasks: %s\n' "$live"
+	sleep 0.5
 done
+echo "every task has finished"
 
 step "Results: each example task"
 psql <<'SQL'
@@ -115,6 +107,20 @@ SELECT d.name, t.id, t.state, t.attempts, coalesce(t.result::text, t.last_error)
   FROM demo_ids d CROSS JOIN LATERAL tq_task(d.id) t
  ORDER BY t.id, d.name;
 SQL
+
+step "The flaky thumbnail's log (stderr of each attempt), and some of tqd's own log lines"
+psql <<'SQL'
+\pset footer off
+SELECT attempt, n, line FROM tq_task_log((SELECT id FROM demo_ids WHERE name = 'flaky thumbnail'));
+SQL
+grep -E 'msg=(starting|connected|"task failed")' "$work/tqd.log" | head -n 8
+
+step "tqd stops on SIGTERM: lets running tasks finish, reports, exits 0"
+kill -TERM "$tqd_pid"
+status=0
+wait "$tqd_pid" || status=$?
+echo "tqd exited with status $status"
+tail -n 1 "$work/tqd.log"
 
 step "Dead letters: tq_retry brings a dead task back (then tq_cancel ends it)"
 psql <<'SQL'
