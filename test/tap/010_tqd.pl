@@ -23,6 +23,11 @@
 #   9. The server restarted in immediate mode while tqd runs: tqd
 #      reconnects, nothing lost, nothing stuck.
 #
+# 011_tqd_sanitized.pl runs all of this again with tqd built with
+# AddressSanitizer and UBSan (worker/tqd-asan, TQ_TQD_BIN): then, in the end,
+# no tqd may have written a report -- no invalid access, no undefined
+# behaviour, and no leak at exit (LeakSanitizer) after all these tasks.
+#
 # Every wait polls a condition with a deadline.
 use strict;
 use warnings;
@@ -35,7 +40,8 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 my $src = $ENV{TQ_SRCDIR} or die "TQ_SRCDIR is not set (run through test/run-tests.sh)";
-my $tqd = "$src/worker/tqd";
+my $tqd = $ENV{TQ_TQD_BIN} // "$src/worker/tqd";
+my $sanitized = defined $ENV{TQ_TQD_BIN};
 my $handler = "$src/test/tap/handlers/task.pl";
 -x $tqd or BAIL_OUT("$tqd is not built (make -C worker)");
 
@@ -124,6 +130,11 @@ sub start_tqd
 	if ($pid == 0)
 	{
 		$ENV{TQ_TEST_RUNLOG} = $runlog;
+		if ($sanitized)
+		{
+			$ENV{ASAN_OPTIONS} = "log_path=$dir/asan-$name:detect_leaks=1";
+			$ENV{UBSAN_OPTIONS} = "log_path=$dir/ubsan-$name:print_stacktrace=1";
+		}
 		open(STDIN, '<', '/dev/null');
 		open(STDOUT, '>>', $log);
 		open(STDERR, '>&', \*STDOUT);
@@ -400,6 +411,14 @@ is(sq("SELECT count(*) FROM tq.task WHERE id IN ($batch_ids)"), '0', 'none is st
 
 kill 'TERM', tqd_pid('b');
 is(wait_exit('b', 30) // -1, 0, 'tqd b stops cleanly');
+
+if ($sanitized)
+{
+	# kill -9 leaves no report; every other tqd exited through its checks.
+	my @reports = grep { -s $_ } glob("$dir/asan-* $dir/ubsan-*");
+	is(scalar(@reports), 0, 'no sanitizer report from any tqd (AddressSanitizer, LeakSanitizer, UBSan)');
+	diag(slurp_file($_)) for @reports;
+}
 
 $node->stop;
 done_testing();
