@@ -78,6 +78,8 @@
 #      wake-up (tq.producer_notify = off); and the reduced-shape INSERT of
 #      row 1 for reference.  Also the server's CPU time per row of tq_submit
 #      and of the full-shape INSERT (see row 5).
+#   8. tqd end to end: 100 000 tasks with the noop handler drained by one
+#      tqd, then by two, beside row 3's batch-50 floor.
 #
 # Every measurement is checked: the tasks (rows) actually finished must be
 # the pgbench transactions times the batch, so a backlog that ran dry shows
@@ -988,6 +990,7 @@ for batch in 1 50; do
 	tr=$RATE tv=$VALID tc=$CPU_US
 	if [ "$batch" = 50 ]; then
 		cycle_row "tq_lease+tq_complete, batch 50, 4 clients" "$tr" "$tv" "$fr" "$fv" ">= 0.70 of floor" 0.70
+		batch50_floor=$fr batch50_valid=$fv
 		single_rate=$tr single_valid=$tv single_cpu=$tc
 	else
 		cycle_row "tq_lease+tq_complete, batch 1, 4 clients" "$tr" "$tv" "$fr" "$fv" "-" ""
@@ -1175,11 +1178,84 @@ row2 "rate limit $rate_limit/s (burst $rate_burst), 4 leasers, ${rate_secs} s (t
 drop_db "$rdb"
 
 # ---------------------------------------------------------------------------
+# Row 8: tqd end to end (0.4.0).  100 000 tasks submitted in batches of
+# 10 000 to a queue served with the noop handler, drained by one tqd and
+# then (a new 100 000) by two; the time from starting the tqd processes to
+# the last task in history as succeeded, polled every 50 ms.  Reference:
+# the batch-50 lease+complete floor of row 3 (the plain SKIP LOCKED cycle
+# in SQL, 4 clients), measured earlier in this run.
+
+tdb=bench_tqd
+new_db "$tdb"
+tqd_bin=$top/worker/tqd
+[ -x "$tqd_bin" ] || fail "$tqd_bin is not built"
+tqd_work=$(mktemp -d /tmp/tq-bench-tqd.XXXXXX)
+cat >"$tqd_work/tqd.conf" <<CONF
+[tqd]
+conninfo = dbname=$tdb
+slots = 500
+lease_batch = 100
+flush_interval = 5ms
+log_level = warning
+
+[queue:bench]
+handler = noop
+concurrency = 500
+CONF
+logonly ""
+logonly "tqd configuration:"
+logonly "$(cat "$tqd_work/tqd.conf")"
+# tqd_drain N: starts N tqd on the backlog, waits until it is drained;
+# sets TQD_RATE (tasks/s).
+TQD_RATE=0
+tqd_drain()
+{
+	local n=$1 total=100000 before pids=() i t0 t1 done_n deadline
+	before=$(tq_done "$tdb")
+	for i in $(seq 10); do
+		q "$tdb" "SELECT cardinality(tq_submit_many('bench', array_fill('{\"n\":1}'::jsonb, ARRAY[$((total / 10))])))" \
+			>/dev/null || fail "could not submit to $tdb"
+	done
+	clean "$tdb"
+	t0=$(date +%s.%N)
+	for i in $(seq "$n"); do
+		"$tqd_bin" -c "$tqd_work/tqd.conf" 2>>"$tqd_work/tqd-$n-$i.log" &
+		pids+=($!)
+	done
+	deadline=$((SECONDS + 300))
+	while :; do
+		done_n=$(($(tq_done "$tdb") - before))
+		[ "$done_n" -ge "$total" ] && break
+		[ $SECONDS -lt $deadline ] || fail "tqd x$n: $done_n of $total tasks done after 300 s"
+		sleep 0.05
+	done
+	t1=$(date +%s.%N)
+	kill -TERM "${pids[@]}"
+	for i in "${pids[@]}"; do
+		wait "$i" || fail "tqd x$n exited with an error; see $tqd_work"
+	done
+	TQD_RATE=$(calc "$total / ($t1 - $t0)")
+	logonly "-> tqd x$n: $total tasks in $(calc "$t1 - $t0") s: $TQD_RATE tasks/s"
+}
+tqd_drain 1
+tqd1=$TQD_RATE
+tqd_drain 2
+tqd2=$TQD_RATE
+for n in 1 2; do
+	r=$([ "$n" = 1 ] && echo "$tqd1" || echo "$tqd2")
+	row2 "tqd end to end, noop, 100 000 tasks, $n tqd" "$(fmt_rate "$r")" "$(fmt_rate "$batch50_floor")" \
+		"$(fmt_ratio "$(calc "$r / $batch50_floor")")" ">= 0.80 of batched floor" \
+		"$([ "$batch50_valid" = 1 ] && met "$(calc "$r / $batch50_floor")" 0.80 || echo INVALID)"
+done
+rm -rf "$tqd_work"
+drop_db "$tdb"
+
+# ---------------------------------------------------------------------------
 
 say ""
 print_table
 say ""
-say "fair dispatch and limits (0.3.0):"
+say "fair dispatch and limits (0.3.0), tqd (0.4.0):"
 print_table rows2 measured reference ratio
 say ""
 say "tasks/s and rows/s: finished tasks (rows) per second of pgbench run time; tq/floor: their ratio."
