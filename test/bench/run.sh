@@ -79,7 +79,9 @@
 #      row 1 for reference.  Also the server's CPU time per row of tq_submit
 #      and of the full-shape INSERT (see row 5).
 #   8. tqd end to end: 100 000 tasks with the noop handler drained by one
-#      tqd, then by two, beside row 3's batch-50 floor.
+#      tqd, then by two, beside row 3's batch-50 floor; submit-to-start
+#      latency with tqd idle at 100 submits/s (started_at - submitted_at);
+#      tqd's resident memory with 1 000 exec tasks running.
 #
 # Every measurement is checked: the tasks (rows) actually finished must be
 # the pgbench transactions times the batch, so a backlog that ran dry shows
@@ -1247,6 +1249,76 @@ for n in 1 2; do
 		"$(fmt_ratio "$(calc "$r / $batch50_floor")")" ">= 0.80 of batched floor" \
 		"$([ "$batch50_valid" = 1 ] && met "$(calc "$r / $batch50_floor")" 0.80 || echo INVALID)"
 done
+# Submit-to-start latency with idle workers: one tqd idle on the empty
+# queue, then pgbench submits single tasks at 100/s for lat_tqd_secs; each
+# task's latency is started_at (the claim's transaction start, server
+# clock) minus submitted_at (the submit's transaction start): the commit,
+# its tq_ready (sent by the submitting transaction here: the background
+# worker serves another database), tqd's LISTEN wake-up and its lease.
+# With the noop handler nothing runs in between; an exec handler adds its
+# fork and exec.
+tqd_lat_secs=${TQ_BENCH_TQD_LAT_SECS:-10}
+"$tqd_bin" -c "$tqd_work/tqd.conf" 2>>"$tqd_work/tqd-latency.log" &
+lat_pid=$!
+before=$(tq_done "$tdb")
+deadline=$((SECONDS + 30))
+until [ "$(q "$tdb" "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tqd' AND state = 'idle'")" -ge 2 ]; do
+	[ $SECONDS -lt $deadline ] || fail "tqd did not connect within 30 s"
+	sleep 0.05
+done
+logonly "\$ pgbench -n -c 1 -R 100 -T $tqd_lat_secs -f ${benchdir#"$top"/}/submit_tq.sql $tdb"
+pgbench -n -c 1 -R 100 -T "$tqd_lat_secs" -f "$benchdir/submit_tq.sql" "$tdb" >>"$log" 2>&1 ||
+	fail "pgbench at 100 submits/s failed"
+deadline=$((SECONDS + 30))
+until [ "$(q "$tdb" "SELECT count(*) FROM tq.task")" -eq 0 ]; do
+	[ $SECONDS -lt $deadline ] || fail "tqd left tasks undone after the latency run"
+	sleep 0.1
+done
+kill -TERM "$lat_pid"
+wait "$lat_pid" || fail "tqd (latency run) exited with an error"
+tqd_lat=$(q "$tdb" "WITH l AS (SELECT extract(epoch FROM started_at - submitted_at) * 1000 AS ms
+                                 FROM tq.history WHERE queue = 'bench' ORDER BY id OFFSET $before)
+                   SELECT format('%s/%s/%s|%s|%s', round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+                                 round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2),
+                                 round(max(ms)::numeric, 2),
+                                 round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 2), count(*))
+                     FROM l")
+IFS='|' read -r tqd_lat_s tqd_p99 tqd_lat_n <<<"$tqd_lat"
+logonly "-> submit to start, $tqd_lat_n tasks at 100/s: p50/p99/max $tqd_lat_s ms"
+row2 "tqd submit-to-start latency, 100 tasks/s, idle: p50/p99/max ms" "$tqd_lat_s" "-" "-" \
+	"p99 <= 5 ms" "$(awk "BEGIN { print ($tqd_p99 <= 5) ? \"yes\" : \"no\" }")"
+
+# Resident memory of tqd with 1 000 exec tasks running at once (each a
+# sleep 30 of coreutils), read from /proc once all 1 000 run; then SIGINT
+# stops them at once and hands the tasks back.
+cat >"$tqd_work/tqd-rss.conf" <<CONF
+[tqd]
+conninfo = dbname=$tdb
+slots = 1000
+lease_batch = 200
+log_level = warning
+
+[queue:sleepers]
+handler = exec
+command = /bin/sleep 30
+concurrency = 1000
+CONF
+q "$tdb" "SELECT tq_create_queue('sleepers')" >/dev/null
+q "$tdb" "SELECT cardinality(tq_submit_many('sleepers', array_fill('{}'::jsonb, ARRAY[1000])))" >/dev/null
+"$tqd_bin" -c "$tqd_work/tqd-rss.conf" 2>>"$tqd_work/tqd-rss.log" &
+rss_pid=$!
+deadline=$((SECONDS + 60))
+until [ "$(q "$tdb" "SELECT count(*) FROM tq.task WHERE queue = 'sleepers' AND state = 'running'")" -eq 1000 ]; do
+	[ $SECONDS -lt $deadline ] || fail "tqd did not get 1 000 exec tasks running within 60 s"
+	sleep 0.2
+done
+children=$(pgrep -c -P "$rss_pid" || true)
+rss_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$rss_pid/status")
+logonly "-> tqd with 1 000 exec tasks running: VmRSS $rss_kb kB, $children child processes"
+kill -INT "$rss_pid"
+wait "$rss_pid" || fail "tqd (memory run) exited with an error"
+row2 "tqd resident memory, 1 000 exec tasks running (MB)" "$(fmt_1 "$(calc "$rss_kb / 1024")")" "-" "-" "- (reported)" "-"
+
 rm -rf "$tqd_work"
 drop_db "$tdb"
 
