@@ -22,6 +22,11 @@
 #      runs them, every task succeeds.
 #   9. The server restarted in immediate mode while tqd runs: tqd
 #      reconnects, nothing lost, nothing stuck.
+#  10. Heartbeats: a task running 5 s under a 2 s lease succeeds at its
+#      first attempt (without them it would be reclaimed and run again).
+#  11. tqd's connections are terminated while a task runs: the task keeps
+#      running, tqd reconnects and reports it: succeeded at attempt 1, run
+#      once.
 #
 # 011_tqd_sanitized.pl runs all of this again with tqd built with
 # AddressSanitizer and UBSan (worker/tqd-asan, TQ_TQD_BIN): then, in the end,
@@ -63,6 +68,8 @@ SELECT tq_create_queue('short', max_attempts => 1, lease => '5 seconds');
 SELECT tq_create_queue('quick', lease => '30 seconds');
 SELECT tq_create_queue('noread');
 SELECT tq_create_queue('sqlq', max_attempts => 1);
+SELECT tq_create_queue('hb', lease => '2 seconds');
+SELECT tq_create_queue('slowq', lease => '1 minute');
 CREATE FUNCTION public.double_it(p jsonb) RETURNS jsonb LANGUAGE sql AS $$
     SELECT jsonb_build_object('doubled', (p->>'n')::int * 2)
 $$;
@@ -109,6 +116,14 @@ command = /bin/true
 [queue:sqlq]
 handler = sql
 function = public.double_it
+
+[queue:hb]
+handler = exec
+command = $handler
+
+[queue:slowq]
+handler = exec
+command = $handler
 EOF
 	print $fh $extra if defined $extra;
 	close($fh);
@@ -201,7 +216,7 @@ sub poll
 my $out;
 IPC::Run::run([ $tqd, '-c', $conf, '--check-config' ], '>', \$out, '2>&1');
 is($?, 0, 'the test configuration passes --check-config');
-like($out, qr/ok \(5 queues\)/, '... and says how many queues it has');
+like($out, qr/ok \(7 queues\)/, '... and says how many queues it has');
 
 my $bad = "$dir/bad.conf";
 open(my $bfh, '>', $bad) or die;
@@ -323,7 +338,7 @@ my $after = sq(q{SELECT tq_submit('work', '{"do":"ok"}')});
 ok(poll("SELECT state = 'succeeded' FROM tq_task($after)", 30), '... and tasks still run');
 write_conf($conf_a, "\n[queue:later]\nhandler = noop\n");
 kill 'HUP', $apid;
-ok(poll_log('a', qr/configuration reloaded.*queues=6/), 'SIGHUP with a good file: reloaded');
+ok(poll_log('a', qr/configuration reloaded.*queues=8/), 'SIGHUP with a good file: reloaded');
 my $later = sq(q{SELECT tq_submit('later', '{}')});
 ok(poll("SELECT state = 'succeeded' FROM tq_task($later)", 30), '... the new queue is served');
 
@@ -408,6 +423,26 @@ ok(poll_count('b', qr/msg=connected conn=work/, 2), 'tqd b reconnects after the 
 ok(poll("SELECT count(*) = 60 FROM tq.history WHERE id IN ($batch_ids) AND state = 'succeeded'", 90),
 	'after an immediate restart of the server, all 60 tasks succeeded');
 is(sq("SELECT count(*) FROM tq.task WHERE id IN ($batch_ids)"), '0', 'none is stuck');
+
+# ---------------------------------------------------------------------------
+# 10. Heartbeats keep a long task's lease.
+my $hb = sq(q{SELECT tq_submit('hb', '{"do":"sleep","secs":5}')});
+ok(poll("SELECT state = 'succeeded' FROM tq_task($hb)", 60), 'a 5 s task under a 2 s lease succeeded');
+is(sq("SELECT attempts FROM tq_task($hb)"), '1', '... at its first attempt: heartbeats extended the lease');
+
+# ---------------------------------------------------------------------------
+# 11. Connections lost while a task runs.
+my $runs_before = () = slurp_file($runlog) =~ /\n/g;
+my $held = sq(q{SELECT tq_submit('slowq', '{"do":"sleep","secs":3}')});
+ok(poll("SELECT state = 'running' FROM tq_task($held)", 30), 'a 3 s task is running');
+# Every client but this one is tqd's (the TAP kit sets PGAPPNAME for all).
+is(sq(q{SELECT count(*) >= 3 FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                                   WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()) t}),
+	't', "tqd's connections are terminated");
+ok(poll("SELECT state = 'succeeded' FROM tq_task($held)", 60), 'the task still succeeded');
+is(sq("SELECT attempts FROM tq_task($held)"), '1', '... at attempt 1: its outcome was reported after reconnecting');
+my $runs_after = () = slurp_file($runlog) =~ /\n/g;
+is($runs_after - $runs_before, 1, '... and it ran once');
 
 kill 'TERM', tqd_pid('b');
 is(wait_exit('b', 30) // -1, 0, 'tqd b stops cleanly');

@@ -4,8 +4,10 @@
  *	  signals, on one libev loop.
  *
  * Connections.  "listen" LISTENs on tq_ready (a queue has new work) and
- * tq_cancel (an operator cancelled a running task); "work" carries every
- * tq call in pipeline mode: leases, outcome batches, heartbeats.  Queues
+ * tq_cancel (an operator cancelled a running task); "work" carries leases
+ * and heartbeats, "report" the outcome batches, both in pipeline mode: two
+ * server backends, so that a lease never waits behind a large batch of
+ * completions and the two run in parallel on the server.  Queues
  * with the sql handler get connections of their own, one per running task
  * (a task's function may run long and must not hold up the pipeline).
  *
@@ -144,7 +146,8 @@ struct Daemon
 	RunState run_state;
 	int exit_status;
 
-	PgConn *work;
+	PgConn *work;   /* leases, heartbeats */
+	PgConn *report; /* outcome batches */
 	PgConn *listen;
 	Queue *queues;
 	Task *tasks;
@@ -1064,7 +1067,7 @@ send_batch(Daemon *d, Report kind)
 	{
 		case REPORT_COMPLETE:
 			params[3] = j1;
-			sent = pgc_send(d->work,
+			sent = pgc_send(d->report,
 							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
 							"$2::integer[], " ARRAY_OF(
 								"$3") "))"
@@ -1075,7 +1078,7 @@ send_batch(Daemon *d, Report kind)
 		case REPORT_FAIL:
 			params[3] = j1;
 			params[4] = j2;
-			sent = pgc_send(d->work,
+			sent = pgc_send(d->report,
 							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
 							"$2::integer[], " ARRAY_OF(
 								"$3") "))"
@@ -1084,7 +1087,7 @@ send_batch(Daemon *d, Report kind)
 							5, params, batch_result, b);
 			break;
 		case REPORT_RELEASE:
-			sent = pgc_send(d->work,
+			sent = pgc_send(d->report,
 							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
 							"$2::integer[], " ARRAY_OF(
 								"$3") "))"
@@ -1125,7 +1128,7 @@ flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	Daemon *d = CONTAINER(w, Daemon, flush_timer);
 
-	if (!pgc_ready(d->work))
+	if (!pgc_ready(d->report))
 		return; /* CONNECTED flushes */
 	send_batch(d, REPORT_COMPLETE);
 	send_batch(d, REPORT_FAIL);
@@ -1308,7 +1311,7 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 				for (Queue *q = d->queues; q; q = q->next)
 					q->wanted = true;
 			}
-			else
+			else if (c == d->report)
 			{
 				/* Outcomes kept while disconnected go now. */
 				for (Task *t = d->tasks; t; t = t->next)
@@ -1327,8 +1330,9 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 				for (Queue *q = d->queues; q; q = q->next)
 					q->leasing = false;
 				d->heartbeats = 0;
-				d->flushing = 0;
 			}
+			else if (c == d->report)
+				d->flushing = 0;
 			break;
 		case PGC_NOTIFY:
 			on_notify(d, a, b);
@@ -1472,6 +1476,7 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	{
 		/* Applies from the next connection on. */
 		pgc_set_conninfo(d->work, c->conninfo);
+		pgc_set_conninfo(d->report, c->conninfo);
 		pgc_set_conninfo(d->listen, c->conninfo);
 	}
 	config_free(old);
@@ -1513,6 +1518,7 @@ daemon_new(struct ev_loop *loop, Config *config, const char *config_path)
 	o.reconnect_min = config->reconnect_min;
 	o.reconnect_max = config->reconnect_max;
 	d->work = pgc_new(loop, "work", config->conninfo, &o, conn_event, d);
+	d->report = pgc_new(loop, "report", config->conninfo, &o, conn_event, d);
 	d->listen = pgc_new(loop, "listen", config->conninfo, &o, conn_event, d);
 
 	ev_idle_init(&d->lease_idle, lease_idle_cb);
@@ -1539,6 +1545,7 @@ daemon_run(Daemon *d)
 		 kvq(d->worker), d->config->nqueues, d->config->slots);
 	pgc_connect(d->listen);
 	pgc_connect(d->work);
+	pgc_connect(d->report);
 	ev_run(d->loop, 0);
 	return d->exit_status;
 }
@@ -1567,6 +1574,7 @@ daemon_free(Daemon *d)
 		free(q);
 	}
 	pgc_free(d->work);
+	pgc_free(d->report);
 	pgc_free(d->listen);
 	ev_idle_stop(loop, &d->lease_idle);
 	ev_timer_stop(loop, &d->poll_timer);
