@@ -1312,6 +1312,11 @@ until [ "$(q "$tdb" "SELECT count(*) FROM tq.task WHERE queue = 'sleepers' AND s
 	[ $SECONDS -lt $deadline ] || fail "tqd did not get 1 000 exec tasks running within 60 s"
 	sleep 0.2
 done
+# The programs are forked as their leases come back: wait for all of them.
+until [ "$(pgrep -c -P "$rss_pid" || true)" -ge 1000 ]; do
+	[ $SECONDS -lt $deadline ] || fail "tqd did not start 1 000 programs within 60 s"
+	sleep 0.1
+done
 children=$(pgrep -c -P "$rss_pid" || true)
 rss_kb=$(awk '/^VmRSS:/ { print $2 }' "/proc/$rss_pid/status")
 logonly "-> tqd with 1 000 exec tasks running: VmRSS $rss_kb kB, $children child processes"
