@@ -497,8 +497,16 @@ stop_task(Task *t, Report report)
 {
 	if (t->state != TASK_RUNNING)
 	{
+		/* Finished but not reported yet: the lease is gone, so is the outcome. */
 		if (report == REPORT_DROP && t->state == TASK_DONE)
-			t->report = REPORT_DROP; /* not worth sending */
+		{
+			tlog(LOG_WARNING, "outcome dropped: the task's lease was lost",
+				 "task=%lld queue=%s attempt=%d", t->id, kvq(t->queue->name), t->attempt);
+			Daemon *d = t->d;
+
+			free_task(t);
+			maybe_finish_stop(d);
+		}
 		return;
 	}
 	if (t->stopping && t->stop_report == REPORT_DROP)
