@@ -1563,6 +1563,21 @@ daemon_free(Daemon *d)
 {
 	struct ev_loop *loop = d->loop;
 
+	/*
+	 * Connections first: closing one calls its pending callbacks with NULL
+	 * (a lease or a batch still on its way at exit), and those touch the
+	 * queues and tasks, which must still exist then.
+	 */
+	pgc_free(d->work);
+	pgc_free(d->report);
+	pgc_free(d->listen);
+	d->work = d->report = d->listen = NULL;
+	for (Queue *q = d->queues; q; q = q->next)
+		for (SqlConn *s = q->pool; s; s = s->next)
+		{
+			pgc_free(s->conn);
+			s->conn = NULL;
+		}
 	while (d->tasks)
 		free_task(d->tasks);
 	while (d->queues)
@@ -1575,15 +1590,11 @@ daemon_free(Daemon *d)
 			SqlConn *s = q->pool;
 
 			q->pool = s->next;
-			pgc_free(s->conn);
 			free(s);
 		}
 		free(q->name);
 		free(q);
 	}
-	pgc_free(d->work);
-	pgc_free(d->report);
-	pgc_free(d->listen);
 	ev_idle_stop(loop, &d->lease_idle);
 	ev_timer_stop(loop, &d->poll_timer);
 	ev_timer_stop(loop, &d->flush_timer);
