@@ -517,13 +517,17 @@ stop_task(Task *t, Report report)
 		exec_stop(t->run);
 	else if (t->sql)
 	{
-		/* The query cannot be interrupted from here cheaply: drop its connection. */
+		/*
+		 * The query cannot be interrupted from here cheaply: drop its
+		 * connection, detached first (closing it calls its callbacks).
+		 */
 		SqlConn *s = t->sql;
+		PgConn *c = s->conn;
 
-		pgc_free(s->conn);
 		s->conn = NULL;
-		t->sql = NULL;
 		s->task = NULL;
+		t->sql = NULL;
+		pgc_free(c);
 		task_done(t, report);
 	}
 }
@@ -599,11 +603,16 @@ sql_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 	set_fail(t, "auto", "timed out after %g s", t->timeout);
 	tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s", t->id,
 		 kvq(t->queue->name), t->attempt, kvq(t->error));
-	/* Closing the connection ends the backend's query with it. */
-	pgc_free(t->sql->conn);
-	t->sql->conn = NULL;
-	t->sql->task = NULL;
-	t->sql = NULL;
+	/* Closing the connection ends the backend's query with it (detached first). */
+	{
+		SqlConn *s = t->sql;
+		PgConn *c = s->conn;
+
+		s->conn = NULL;
+		s->task = NULL;
+		t->sql = NULL;
+		pgc_free(c);
+	}
 	task_done(t, REPORT_FAIL);
 }
 
