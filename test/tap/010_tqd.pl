@@ -173,6 +173,15 @@ sub start_tqd
 
 sub tqd_pid { return $procs{ $_[0] }{pid}; }
 
+# A test that dies half-way must not leave tqd processes behind.
+END
+{
+	for my $p (values %procs)
+	{
+		kill 'KILL', $p->{pid} unless $p->{reaped};
+	}
+}
+
 # started NAME: waits until the tqd is connected (its signal handlers are
 # set by then); true if it did.
 sub started
@@ -201,6 +210,7 @@ sub wait_exit
 		my $r = waitpid($pid, POSIX::WNOHANG());
 		if ($r == $pid)
 		{
+			$procs{$name}{reaped} = 1;
 			return ($? & 127) ? 128 + ($? & 127) : $? >> 8;
 		}
 		usleep(20_000);
