@@ -71,6 +71,7 @@ SELECT tq_create_queue('sqlq', max_attempts => 1);
 SELECT tq_create_queue('hb', lease => '2 seconds');
 SELECT tq_create_queue('slowq', lease => '1 minute');
 SELECT tq_create_queue('sqlslow', max_attempts => 1);
+SELECT tq_create_queue('bigout');
 CREATE FUNCTION public.slow_it(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_sleep((p->>'secs')::float8);
@@ -136,6 +137,11 @@ command = $handler
 handler = sql
 function = public.slow_it
 timeout = 1s
+
+[queue:bigout]
+handler = exec
+command = $handler
+max_output = 2MB
 EOF
 	print $fh $extra if defined $extra;
 	close($fh);
@@ -238,7 +244,7 @@ sub poll
 my $out;
 IPC::Run::run([ $tqd, '-c', $conf, '--check-config' ], '>', \$out, '2>&1');
 is($?, 0, 'the test configuration passes --check-config');
-like($out, qr/ok \(8 queues\)/, '... and says how many queues it has');
+like($out, qr/ok \(9 queues\)/, '... and says how many queues it has');
 
 my $bad = "$dir/bad.conf";
 open(my $bfh, '>', $bad) or die;
@@ -283,6 +289,7 @@ $id{noop} = sq(q{SELECT tq_submit('quick', '{}')});
 $id{sql} = sq(q{SELECT tq_submit('sqlq', '{"n": 21}')});
 $id{sqlbad} = sq(q{SELECT tq_submit('sqlq', '{"n": "x"}')});
 $id{sqlslow} = sq(q{SELECT tq_submit('sqlslow', '{"secs": 30}')});
+$id{bigout} = sq(q{SELECT tq_submit('bigout', '{"do":"flood"}')});
 my $all = join(',', values %id);
 ok(poll("SELECT count(*) = " . scalar(keys %id) . " FROM tq.history WHERE id IN ($all)", 60),
 	'every outcome case finished');
@@ -306,6 +313,8 @@ like($st{noread}, qr/^succeeded\|1\|/, 'a program that does not read its stdin s
 like($st{noop}, qr/^succeeded\|1\|\|null$/, 'the noop handler completes at once');
 like($st{sql}, qr/^succeeded\|1\|\|\{"doubled": 42\}$/, 'the sql handler returns the function\'s result');
 like($st{sqlbad}, qr/^dead\|1\|.*SQLSTATE 22P02/, 'a function error is the task\'s error, with its SQLSTATE');
+like($st{bigout}, qr/^succeeded\|1\|\|\{"head": .*"tqd_error": "the result was larger than tq.max_payload_size allows"/,
+	'a result over tq.max_payload_size is replaced by a note (and the batch still lands)');
 like($st{sqlslow}, qr/^dead\|1\|.*statement timeout.*SQLSTATE 57014/, 'a function past the queue\'s timeout is stopped (statement_timeout)');
 
 # ---------------------------------------------------------------------------
@@ -362,7 +371,7 @@ my $after = sq(q{SELECT tq_submit('work', '{"do":"ok"}')});
 ok(poll("SELECT state = 'succeeded' FROM tq_task($after)", 30), '... and tasks still run');
 write_conf($conf_a, "\n[queue:later]\nhandler = noop\n");
 kill 'HUP', $apid;
-ok(poll_log('a', qr/configuration reloaded.*queues=9/), 'SIGHUP with a good file: reloaded');
+ok(poll_log('a', qr/configuration reloaded.*queues=10/), 'SIGHUP with a good file: reloaded');
 my $later = sq(q{SELECT tq_submit('later', '{}')});
 ok(poll("SELECT state = 'succeeded' FROM tq_task($later)", 30), '... the new queue is served');
 

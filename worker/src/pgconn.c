@@ -58,7 +58,6 @@ struct PgConn
 	ev_timer timer; /* connect timeout, or backoff */
 	int failures;   /* consecutive failed attempts */
 	Pending *head, *tail;
-	int npending;
 	int in_callback; /* depth of our callbacks running */
 	bool free_requested;
 	bool break_due; /* a send failed: broken() from the timer, not the caller */
@@ -137,7 +136,6 @@ deliver_head(PgConn *c, const PGresult *res)
 	c->head = p->next;
 	if (c->head == NULL)
 		c->tail = NULL;
-	c->npending--;
 	c->in_callback++;
 	if (p->fn)
 		p->fn(c, res, p->arg);
@@ -234,12 +232,6 @@ bool
 pgc_ready(const PgConn *c)
 {
 	return c->state == PGC_READY && !c->free_requested;
-}
-
-int
-pgc_pending(const PgConn *c)
-{
-	return c->npending;
 }
 
 void
@@ -498,7 +490,6 @@ pgc_send(PgConn *c, const char *sql, int nparams, const char *const *values, PgR
 	else
 		c->head = p;
 	c->tail = p;
-	c->npending++;
 	/* A failed flush breaks the connection from the timer: p gets NULL then. */
 	(void) flush_out(c);
 	return true;

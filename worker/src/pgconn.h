@@ -71,8 +71,6 @@ extern void pgc_connect(PgConn *c);
 /* Changes the connection string used by the next connection attempt. */
 extern void pgc_set_conninfo(PgConn *c, const char *conninfo);
 extern bool pgc_ready(const PgConn *c);
-/* Queries sent and not answered yet. */
-extern int pgc_pending(const PgConn *c);
 /*
  * Sends a query with text parameters (NULL values allowed); fn may be
  * NULL when nobody needs the result.  Returns false

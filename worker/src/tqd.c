@@ -99,7 +99,6 @@ typedef struct Task
 	int attempt;
 	char *tenant;
 	char *payload;
-	double started;   /* ev_now when leased */
 	double timeout;   /* s; 0 = none */
 	double lease_len; /* s, as leased */
 	TaskState state;
@@ -121,12 +120,11 @@ struct Queue
 {
 	struct Queue *next;
 	char *name;
-	const QueueConf *conf;            /* in Daemon.config; NULL once the queue left the config */
-	int running;                      /* tasks in TASK_RUNNING */
-	bool leasing;                     /* a tq_lease call is on its way */
-	bool wanted;                      /* there is probably work: lease when there is room */
-	SqlConn *pool;                    /* sql handler: its connections */
-	long long ran, succeeded, failed; /* for logs */
+	const QueueConf *conf; /* in Daemon.config; NULL once the queue left the config */
+	int running;           /* tasks in TASK_RUNNING */
+	bool leasing;          /* a tq_lease call is on its way */
+	bool wanted;           /* there is probably work: lease when there is room */
+	SqlConn *pool;         /* sql handler: its connections */
 };
 
 typedef enum RunState
@@ -153,7 +151,6 @@ struct Daemon
 	Task *tasks;
 	int running;        /* tasks in TASK_RUNNING */
 	int waiting;        /* tasks in TASK_DONE or TASK_SENT */
-	int flushing;       /* outcome batches on their way */
 	int heartbeats;     /* heartbeat calls on their way */
 	double flush_retry; /* s: delay before resending refused batches; 0 after a success */
 
@@ -313,7 +310,6 @@ task_done(Task *t, Report report)
 	d->running--;
 	t->queue->running--;
 	d->waiting++;
-	t->queue->ran++;
 	if (report == REPORT_DROP)
 	{
 		tlog(LOG_WARNING, "task dropped: its lease was lost", "task=%lld queue=%s attempt=%d",
@@ -778,7 +774,6 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 		if (queue_timeout > 0 && (t->timeout <= 0 || queue_timeout < t->timeout))
 			t->timeout = queue_timeout;
 		t->lease_len = atof(PQgetvalue(res, i, 5));
-		t->started = ev_now(d->loop);
 		t->state = TASK_RUNNING;
 		t->next = d->tasks;
 		if (d->tasks)
@@ -885,13 +880,17 @@ poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
  * Outcomes: flushed in batches, one call per kind
  * ------------------------------------------------------------------------
  */
+/*
+ * A batch on its way.  Its tasks stay in TASK_SENT, which nothing frees
+ * but this batch's callback (a connection lost runs it with NULL before
+ * anything else happens), so the pointers stay valid until then.
+ */
 typedef struct Batch
 {
 	Daemon *d;
 	Report kind;
 	int n;
-	long long *ids;
-	int *attempts;
+	Task **tasks;
 } Batch;
 
 /*
@@ -907,7 +906,7 @@ shrink_largest_result(Daemon *d, Batch *b)
 
 	for (int i = 0; i < b->n; i++)
 	{
-		Task *t = find_task(d, b->ids[i]);
+		Task *t = b->tasks[i];
 		char *dump;
 		size_t len;
 
@@ -951,11 +950,14 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	Batch *b = arg;
 	Daemon *d = b->d;
 	const char *ok = NULL;
+	size_t ok_len = 0;
 	static const char *const names[] = {"tq_complete", "tq_fail", "tq_release", ""};
 
-	d->flushing--;
 	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+	{
 		ok = PQgetvalue(res, 0, 0); /* {t,f,...}: one per task */
+		ok_len = strlen(ok);
+	}
 	else if (res != NULL)
 	{
 		tlog(LOG_WARNING, "reporting outcomes failed; they are sent again",
@@ -966,25 +968,22 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	}
 	for (int i = 0; i < b->n; i++)
 	{
-		Task *t = find_task(d, b->ids[i]);
+		Task *t = b->tasks[i];
 
-		if (t == NULL || t->attempt != b->attempts[i] || t->state != TASK_SENT)
-			continue;
 		if (ok == NULL)
 		{
 			t->state = TASK_DONE; /* again at the next flush */
 			continue;
 		}
 		/* ok is "{t,f,t}": element i sits at 1 + 2 * i. */
-		if (strlen(ok) > (size_t) (1 + 2 * i) && ok[1 + 2 * i] == 'f')
+		if (ok_len > (size_t) (1 + 2 * i) && ok[1 + 2 * i] == 'f')
 			tlog(LOG_WARNING,
 				 "outcome refused: the task's lease was lost (the task runs elsewhere or finished)",
 				 "task=%lld queue=%s attempt=%d call=%s", t->id, kvq(t->queue->name), t->attempt,
 				 names[b->kind]);
 		free_task(t);
 	}
-	free(b->ids);
-	free(b->attempts);
+	free(b->tasks);
 	free(b);
 	if (ok != NULL)
 		d->flush_retry = 0;
@@ -1030,8 +1029,7 @@ send_batch(Daemon *d, Report kind)
 	b = xcalloc(1, sizeof(Batch));
 	b->d = d;
 	b->kind = kind;
-	b->ids = xcalloc((size_t) n, sizeof(long long));
-	b->attempts = xcalloc((size_t) n, sizeof(int));
+	b->tasks = xcalloc((size_t) n, sizeof(Task *));
 	ilen = (size_t) n * 22 + 3;
 	ids = xcalloc(1, ilen);
 	atts = xcalloc(1, ilen);
@@ -1049,8 +1047,7 @@ send_batch(Daemon *d, Report kind)
 	{
 		if (t->state != TASK_DONE || t->report != kind)
 			continue;
-		b->ids[i] = t->id;
-		b->attempts[i] = t->attempt;
+		b->tasks[i] = t;
 		num_array(ids, ilen, &io, t->id, i == 0);
 		num_array(atts, ilen, &ao, t->attempt, i == 0);
 		if (kind == REPORT_COMPLETE)
@@ -1117,15 +1114,13 @@ send_batch(Daemon *d, Report kind)
 	}
 	if (!sent)
 		goto unsent;
-	d->flushing++;
 	goto out;
 unsent:
 	/* Not ready: everything waits for the next flush. */
 	for (Task *t = d->tasks; t; t = t->next)
 		if (t->state == TASK_SENT && t->report == kind)
 			t->state = TASK_DONE;
-	free(b->ids);
-	free(b->attempts);
+	free(b->tasks);
 	free(b);
 out:
 	free(ids);
@@ -1348,8 +1343,7 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 					q->leasing = false;
 				d->heartbeats = 0;
 			}
-			else if (c == d->report)
-				d->flushing = 0;
+
 			break;
 		case PGC_NOTIFY:
 			on_notify(d, a, b);
