@@ -9,6 +9,9 @@
 #   libev-dev                              tqd's event loop
 #   libinih-dev                            tqd's INI config parser
 #   libjansson-dev                         tqd's JSON (results, outcome batches)
+#   libcurl4-openssl-dev                   tqd's http handler (curl's multi interface)
+#   libmicrohttpd-dev                      the HTTP server of the http handler's tests
+#   openssl                                makes the TLS test's self-signed certificate
 #   postgresql-15-pgtap                    the pgTAP extension
 #   libtap-parser-sourcehandler-pgtap-perl pg_prove
 #   libipc-run-perl                        IPC::Run, needed by PostgreSQL::Test::*
@@ -25,6 +28,9 @@ packages=(
 	libev-dev
 	libinih-dev
 	libjansson-dev
+	libcurl4-openssl-dev
+	libmicrohttpd-dev
+	openssl
 	postgresql-15-pgtap
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl

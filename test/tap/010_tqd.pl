@@ -37,18 +37,20 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::Bin;
 use IPC::Run;
 use POSIX ();
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
+use TqdHarness;
 
 my $src = $ENV{TQ_SRCDIR} or die "TQ_SRCDIR is not set (run through test/run-tests.sh)";
 my $tqd = $ENV{TQ_TQD_BIN} // "$src/worker/tqd";
 my $sanitized = defined $ENV{TQ_TQD_BIN};
 my $handler = "$src/test/tap/handlers/task.pl";
--x $tqd or BAIL_OUT("$tqd is not built (make -C worker)");
 
 my $node = PostgreSQL::Test::Cluster->new('tqd');
 $node->init;
@@ -150,94 +152,8 @@ EOF
 
 my $conf = write_conf("$dir/tqd.conf");
 
-# A tqd process: its pid and its log file (stdout and stderr).
-my %procs;
-
-sub start_tqd
-{
-	my ($name, $path) = @_;
-	my $log = "$dir/$name.log";
-	unlink($log);
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		$ENV{TQ_TEST_RUNLOG} = $runlog;
-		if ($sanitized)
-		{
-			$ENV{ASAN_OPTIONS} = "log_path=$dir/asan-$name:detect_leaks=1";
-			$ENV{UBSAN_OPTIONS} = "log_path=$dir/ubsan-$name:print_stacktrace=1";
-		}
-		open(STDIN, '<', '/dev/null');
-		open(STDOUT, '>>', $log);
-		open(STDERR, '>&', \*STDOUT);
-		exec($tqd, '-c', $path) or die "exec $tqd: $!";
-	}
-	$procs{$name} = { pid => $pid, log => $log };
-	return $pid;
-}
-
-sub tqd_pid { return $procs{ $_[0] }{pid}; }
-
-# A test that dies half-way must not leave tqd processes behind.
-END
-{
-	for my $p (values %procs)
-	{
-		kill 'KILL', $p->{pid} unless $p->{reaped};
-	}
-}
-
-# started NAME: waits until the tqd is connected (its signal handlers are
-# set by then); true if it did.
-sub started
-{
-	my $name = shift;
-	my $deadline = time + 30;
-	while (time < $deadline)
-	{
-		return 1 if -e $procs{$name}{log} && slurp_file($procs{$name}{log}) =~ /msg=connected conn=work/;
-		usleep(20_000);
-	}
-	return 0;
-}
-
-sub tqd_log { my $n = shift; return slurp_file($procs{$n}{log}); }
-
-# wait_exit NAME SECS: waits for the process to exit; returns its exit
-# status (a signal shows as 128 + its number), or undef on timeout.
-sub wait_exit
-{
-	my ($name, $secs) = @_;
-	my $pid = tqd_pid($name);
-	my $deadline = time + $secs;
-	while (time < $deadline)
-	{
-		my $r = waitpid($pid, POSIX::WNOHANG());
-		if ($r == $pid)
-		{
-			$procs{$name}{reaped} = 1;
-			return ($? & 127) ? 128 + ($? & 127) : $? >> 8;
-		}
-		usleep(20_000);
-	}
-	return undef;
-}
-
-sub sq { return $node->safe_psql('postgres', shift); }
-
-# poll SQL SECS: true once the query returns 't'.
-sub poll
-{
-	my ($sql, $secs) = @_;
-	my $deadline = time + ($secs // 60);
-	while (time < $deadline)
-	{
-		return 1 if sq($sql) eq 't';
-		usleep(50_000);
-	}
-	return 0;
-}
+TqdHarness::setup(node => $node, dir => $dir, tqd => $tqd, sanitized => $sanitized,
+	env => { TQ_TEST_RUNLOG => $runlog });
 
 # ---------------------------------------------------------------------------
 # 1. Configuration checks.
@@ -375,31 +291,6 @@ ok(poll_log('a', qr/configuration reloaded.*queues=10/), 'SIGHUP with a good fil
 my $later = sq(q{SELECT tq_submit('later', '{}')});
 ok(poll("SELECT state = 'succeeded' FROM tq_task($later)", 30), '... the new queue is served');
 
-sub poll_count
-{
-	my ($name, $re, $n) = @_;
-	my $deadline = time + 60;
-	while (time < $deadline)
-	{
-		my @m = (tqd_log($name) =~ /$re/g);
-		return 1 if @m >= $n;
-		usleep(50_000);
-	}
-	return 0;
-}
-
-sub poll_log
-{
-	my ($name, $re) = @_;
-	my $deadline = time + 30;
-	while (time < $deadline)
-	{
-		return 1 if tqd_log($name) =~ $re;
-		usleep(50_000);
-	}
-	return 0;
-}
-
 # ---------------------------------------------------------------------------
 # 7. SIGTERM drains.
 my $short_sleep = sq(q{SELECT tq_submit('work', '{"do":"sleep","secs":1.5}')});
@@ -480,13 +371,7 @@ is($runs_after - $runs_before, 1, '... and it ran once');
 kill 'TERM', tqd_pid('b');
 is(wait_exit('b', 30) // -1, 0, 'tqd b stops cleanly');
 
-if ($sanitized)
-{
-	# kill -9 leaves no report; every other tqd exited through its checks.
-	my @reports = grep { -s $_ } glob("$dir/asan-* $dir/ubsan-*");
-	is(scalar(@reports), 0, 'no sanitizer report from any tqd (AddressSanitizer, LeakSanitizer, UBSan)');
-	diag(slurp_file($_)) for @reports;
-}
+no_sanitizer_reports() if $sanitized;
 
 $node->stop;
 done_testing();

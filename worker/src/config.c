@@ -33,7 +33,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <curl/curl.h>
 #include <ini.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -59,11 +62,13 @@ typedef enum KeyType
 	KT_DURATION, /* double seconds, written with ms, s, min or h */
 	KT_SIZE,     /* size_t bytes, written with B, kB, MB or GB (1024-based) */
 	KT_ENUM,     /* int, one of the key's names[] (its index) */
+	KT_REAL,     /* double, plain decimal with an optional fraction (0.5) */
 } KeyType;
 
 /* Key flags. */
 #define KF_REQUIRED 0x01 /* no default: must be given (where the key applies) */
 #define KF_ZERO_OK 0x02  /* 0 is allowed besides [min, max] (0 = none, automatic) */
+#define KF_LINES 0x04    /* KT_STRING: continuation lines are joined by a newline */
 
 /* A handler mask: the handlers a queue key applies to; 0 = all of them. */
 #define ONLY(h) (1u << (h))
@@ -93,12 +98,18 @@ typedef struct KeyDef
 	const char *desc;         /* one sentence for the sample file */
 } KeyDef;
 
-static const char *const handler_names[] = {"noop", "exec", "sql", NULL};
+static const char *const handler_names[] = {"noop", "exec", "sql", "http", NULL};
+static const char *const method_names[] = {"POST", "PUT", "PATCH", NULL};
+static const char *const off_on_names[] = {"off", "on", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 
 static bool check_command(void *base, char *msg, size_t msglen);
 static bool check_function(void *base, char *msg, size_t msglen);
 static bool check_throttled_exit(void *base, char *msg, size_t msglen);
+static bool check_url(void *base, char *msg, size_t msglen);
+static bool check_headers(void *base, char *msg, size_t msglen);
+static bool check_ca_file(void *base, char *msg, size_t msglen);
+static bool check_aimd_min(void *base, char *msg, size_t msglen);
 
 #define MS 0.001
 #define MIN 60.0
@@ -146,15 +157,19 @@ static const KeyDef keys[] = {
 	  .desc = "Longest delay between reconnection attempts; at least reconnect_min."),
 	G(connect_timeout, KT_DURATION, "10s", 1, 10 * MIN,
 	  .desc = "One connection attempt gives up after this long."),
+	G(status_interval, KT_DURATION, "1min", 10 * MS, 24 * HOUR, .flags = KF_ZERO_OK,
+	  .desc = "A status line per http endpoint (window, in flight, answers, throttled) "
+			  "this often; 0 = never."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
 	  .desc = "Least severe messages logged."),
 
 	/* [queue:NAME] */
 	Q(handler, KT_ENUM, NULL, 0, 0, .flags = KF_REQUIRED, .example = "exec", .names = handler_names,
 	  .desc = "How tasks are run: noop completes them at once, exec runs a program, "
-			  "sql calls a database function."),
+			  "sql calls a database function, http sends the payload to a URL."),
 	Q(concurrency, KT_INT, "4", 1, 10000,
-	  .desc = "Tasks of this queue running at once in this tqd."),
+	  .desc = "Tasks of this queue running at once in this tqd (http: the most requests "
+			  "in flight; the adaptive window stays at or below it)."),
 	Q(timeout, KT_DURATION, "0", 0, 7 * 24 * HOUR,
 	  .desc = "Longest run of a task; 0 = the task's own timeout only, "
 			  "else the smaller of the two."),
@@ -165,9 +180,9 @@ static const KeyDef keys[] = {
 	  .desc = "Program run for each task, split into words without a shell "
 			  "(quotes and backslashes as in sh, nothing else); the payload comes on "
 			  "stdin, stdout is the result, stderr the task's log."),
-	Q(max_output, KT_SIZE, "256kB", 0, GB, .handlers = ONLY(HANDLER_EXEC),
-	  .desc = "Bytes of stdout kept as the result (tq refuses results over "
-			  "tq.max_payload_size, 1MB by default)."),
+	Q(max_output, KT_SIZE, "256kB", 0, GB, .handlers = ONLY(HANDLER_EXEC) | ONLY(HANDLER_HTTP),
+	  .desc = "Bytes of stdout (http: of the response body) kept as the result (tq refuses "
+			  "results over tq.max_payload_size, 1MB by default)."),
 	Q(max_log_bytes, KT_SIZE, "64kB", 0, 16 * MB, .handlers = ONLY(HANDLER_EXEC),
 	  .desc = "Bytes of stderr kept as the task's log."),
 	Q(max_log_lines, KT_INT, "1000", 0, 1000000, .handlers = ONLY(HANDLER_EXEC),
@@ -184,6 +199,47 @@ static const KeyDef keys[] = {
 	Q(function, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "app.handle_task",
 	  .handlers = ONLY(HANDLER_SQL), .check = check_function,
 	  .desc = "Function called with each task's payload, as name or schema.name."),
+	Q(url, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "https://api.example.com/tasks",
+	  .handlers = ONLY(HANDLER_HTTP), .check = check_url,
+	  .desc = "Where each task is sent (http:// or https://); the payload is the body, "
+			  "never part of the URL."),
+	Q(method, KT_ENUM, "POST", 0, 0, .names = method_names, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "HTTP method of the request."),
+	Q(headers, KT_STRING, "", 0, 0, .flags = KF_LINES, .handlers = ONLY(HANDLER_HTTP),
+	  .check = check_headers,
+	  .desc = "Extra request headers, \"Name: value\", one per line (continue on indented "
+			  "lines).  tqd sets Content-Type: application/json unless given here, and "
+			  "X-TQ-Task-Id, X-TQ-Attempt, X-TQ-Queue, X-TQ-Tenant and X-TQ-Deadline, which "
+			  "cannot be set here."),
+	Q(tls_verify, KT_ENUM, "on", 0, 0, .names = off_on_names, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Check the server's TLS certificate and host name (https)."),
+	Q(ca_file, KT_STRING, "", 0, 0, .handlers = ONLY(HANDLER_HTTP), .check = check_ca_file,
+	  .desc = "PEM file of the CA certificates trusted for https; empty = the system's."),
+	Q(adaptive, KT_ENUM, "on", 0, 0, .names = off_on_names, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Adapt the requests in flight to what the endpoint takes (AIMD on its 429 "
+			  "and 503 answers); off = always concurrency."),
+	Q(aimd_initial, KT_INT, "4", 1, 10000, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Window (requests in flight) at start, at most concurrency."),
+	Q(aimd_min, KT_INT, "1", 1, 10000, .handlers = ONLY(HANDLER_HTTP), .check = check_aimd_min,
+	  .desc = "The window is never cut below this."),
+	Q(aimd_interval, KT_DURATION, "1s", 10 * MS, HOUR, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "The window grows by one slot per interval in which answers came, none was "
+			  "throttled and the window was the limit (doubles instead until the first cut, "
+			  "with aimd_slow_start)."),
+	Q(aimd_decrease, KT_REAL, "0.5", 0.05, 0.95, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "A cut multiplies the window by this."),
+	Q(aimd_throttle_rate, KT_REAL, "0.05", 0, 1, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Share of the answers in aimd_throttle_window that must be throttled (429, "
+			  "503) for a cut."),
+	Q(aimd_throttle_count, KT_INT, "3", 1, 1000000, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Throttled answers in aimd_throttle_window needed for a cut, at least: one "
+			  "stray 429 does not cut."),
+	Q(aimd_throttle_window, KT_DURATION, "1s", 10 * MS, HOUR, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "The recent answers counted for a cut."),
+	Q(aimd_cooldown, KT_DURATION, "2s", 0, HOUR, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "After a cut the window does not grow for this long."),
+	Q(aimd_slow_start, KT_ENUM, "on", 0, 0, .names = off_on_names, .handlers = ONLY(HANDLER_HTTP),
+	  .desc = "Double the window per healthy interval until the first cut, as TCP does."),
 };
 
 #define NKEYS ((int) lengthof(keys))
@@ -324,6 +380,9 @@ format_bound(const KeyDef *k, double v, char *buf, size_t len)
 			break;
 		case KT_SIZE:
 			format_size(v, buf, len);
+			break;
+		case KT_REAL:
+			snprintf(buf, len, "%g", v);
 			break;
 		default:
 			snprintf(buf, len, "%.0f", v);
@@ -605,6 +664,22 @@ set_value(const KeyDef *k, void *base, const char *value, char *msg, size_t msgl
 			if (!parse_size(value, &v, msg, msglen))
 				return false;
 			break;
+		case KT_REAL:
+		{
+			const char *s = value;
+			double m;
+			int scale;
+
+			format_range(k, range, sizeof(range));
+			if (!scan_decimal(&s, true, &m, &scale) || *s != '\0')
+			{
+				snprintf(msg, msglen, "invalid value \"%s\": expected a number such as 0.5, %s",
+						 value, range);
+				return false;
+			}
+			v = m / pow(10, scale);
+			break;
+		}
 	}
 
 	/* Numbers: the bounds (and what a size_t holds), then the store. */
@@ -621,6 +696,7 @@ set_value(const KeyDef *k, void *base, const char *value, char *msg, size_t msgl
 			*(int *) field = (int) v;
 			break;
 		case KT_DURATION:
+		case KT_REAL:
 			*(double *) field = v;
 			break;
 		case KT_SIZE:
@@ -748,6 +824,167 @@ check_throttled_exit(void *base, char *msg, size_t msglen)
 					 taken[i].status, taken[i].meaning);
 			return false;
 		}
+	}
+	return true;
+}
+
+/*
+ * The URL is parsed with libcurl's own parser, the one that will use it:
+ * what it accepts here is what the requests go to.  Only http and https.
+ */
+static bool
+check_url(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	CURLU *u = curl_url();
+	char *scheme = NULL, *host = NULL;
+	CURLUcode rc;
+	bool good = false;
+
+	if (u == NULL)
+	{
+		snprintf(msg, msglen, "out of memory");
+		return false;
+	}
+	rc = curl_url_set(u, CURLUPART_URL, q->url, 0);
+	if (rc != CURLUE_OK)
+		snprintf(msg, msglen, "invalid URL \"%s\": %s", q->url, curl_url_strerror(rc));
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
+		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", q->url);
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
+		snprintf(msg, msglen, "invalid URL \"%s\": no host", q->url);
+	else
+		good = true;
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return good;
+}
+
+/* RFC 9110 token characters, which a header name is made of. */
+static bool
+is_tchar(char ch)
+{
+	unsigned char c = (unsigned char) ch;
+
+	if (c == 0 || c >= 0x80)
+		return false;
+	return isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/*
+ * One "Name: value" per line.  The names tqd sets itself for every task
+ * (X-TQ-*), and those that describe the body curl sends (Content-Length,
+ * Transfer-Encoding), cannot be set: a fixed value there would be wrong.
+ */
+static bool
+check_headers(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	char **list = NULL;
+	int n = 0, cap = 0;
+	const char *s = q->headers;
+
+	free_argv(q->header_list);
+	q->header_list = NULL;
+	q->has_content_type = false;
+	while (*s != '\0')
+	{
+		const char *end = strchr(s, '\n');
+		size_t len = end ? (size_t) (end - s) : strlen(s);
+		const char *colon;
+		size_t nlen;
+		const char *value;
+
+		while (len > 0 && is_blank(*s))
+			s++, len--;
+		while (len > 0 && is_blank(s[len - 1]))
+			len--;
+		if (len == 0)
+			goto next;
+		colon = memchr(s, ':', len);
+		nlen = colon ? (size_t) (colon - s) : 0;
+		for (size_t i = 0; i < nlen; i++)
+			if (!is_tchar(s[i]))
+				nlen = 0;
+		if (nlen == 0)
+		{
+			snprintf(msg, msglen, "invalid header \"%.*s\": expected \"Name: value\"", (int) len,
+					 s);
+			goto fail;
+		}
+		if ((nlen == 14 && strncasecmp(s, "Content-Length", nlen) == 0) ||
+			(nlen == 17 && strncasecmp(s, "Transfer-Encoding", nlen) == 0) ||
+			(nlen >= 5 && strncasecmp(s, "X-TQ-", 5) == 0))
+		{
+			snprintf(msg, msglen, "header \"%.*s\" cannot be set: tqd sets it for each request",
+					 (int) nlen, s);
+			goto fail;
+		}
+		if (nlen == 12 && strncasecmp(s, "Content-Type", nlen) == 0)
+			q->has_content_type = true;
+		value = skip_blanks(colon + 1);
+		if (n + 2 > cap)
+		{
+			char **more;
+
+			cap = cap ? cap * 2 : 8;
+			more = realloc(list, (size_t) cap * sizeof(char *));
+			if (more == NULL)
+				goto oom;
+			list = more;
+			list[n] = NULL;
+		}
+		/* Normalised to "Name: value". */
+		{
+			size_t vlen = len - (size_t) (value - s);
+			char *h = malloc(nlen + 2 + vlen + 1);
+
+			if (h == NULL)
+				goto oom;
+			snprintf(h, nlen + 2 + vlen + 1, "%.*s: %.*s", (int) nlen, s, (int) vlen, value);
+			list[n++] = h;
+			list[n] = NULL;
+		}
+	next:
+		if (end == NULL)
+			break;
+		s = end + 1;
+	}
+	q->header_list = list;
+	return true;
+oom:
+	snprintf(msg, msglen, "out of memory");
+fail:
+	if (list)
+		free_argv(list);
+	return false;
+}
+
+static bool
+check_ca_file(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+
+	if (q->ca_file[0] != '\0' && access(q->ca_file, R_OK) != 0)
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", q->ca_file);
+		return false;
+	}
+	return true;
+}
+
+static bool
+check_aimd_min(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+
+	if (q->aimd_min > q->concurrency)
+	{
+		snprintf(msg, msglen, "%d is above concurrency (%d): the window never goes above that",
+				 q->aimd_min, q->concurrency);
+		return false;
 	}
 	return true;
 }
@@ -957,7 +1194,8 @@ read_line(char *str, int num, void *stream)
 /*
  * An indented line continues the value of the last key (libinih calls the
  * handler again with the same name).  String values are joined with one
- * blank, so that a long conninfo or command can span lines.  Any other key
+ * blank, so that a long conninfo or command can span lines (KF_LINES keys,
+ * the http headers, with a newline: one header per line).  Any other key
  * takes one line: an indented line under it is most likely an indented key
  * that libinih took for a continuation, and saying so is the kind thing.
  */
@@ -1000,7 +1238,7 @@ continue_value(Parser *p, const char *value)
 		return 0;
 	}
 	if (old > 0)
-		joined[old++] = ' ';
+		joined[old++] = (k->flags & KF_LINES) ? '\n' : ' ';
 	memcpy(joined + old, value, vlen);
 	joined[old + vlen] = '\0';
 	*field = joined;
@@ -1259,6 +1497,10 @@ config_free(Config *c)
 		free(q->command);
 		free_argv(q->argv);
 		free(q->function);
+		free(q->url);
+		free(q->headers);
+		free_argv(q->header_list);
+		free(q->ca_file);
 	}
 	free(c->queues);
 	free(c->path);
@@ -1484,6 +1726,10 @@ describe_value(const KeyDef *k, char *buf, size_t len)
 		case KT_SIZE:
 			format_range(k, range, sizeof(range));
 			snprintf(buf, len, "Size: %s.", range);
+			break;
+		case KT_REAL:
+			format_range(k, range, sizeof(range));
+			snprintf(buf, len, "Range: %s.", range);
 			break;
 	}
 	used = strlen(buf);

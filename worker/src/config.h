@@ -38,7 +38,15 @@ typedef enum HandlerKind
 	HANDLER_NOOP, /* completes at once, result null */
 	HANDLER_EXEC, /* runs a program (exec.c) */
 	HANDLER_SQL,  /* calls a database function */
+	HANDLER_HTTP, /* posts the payload to a URL (http.c), adaptive concurrency (aimd.c) */
 } HandlerKind;
+
+typedef enum HttpMethod
+{
+	METHOD_POST,
+	METHOD_PUT,
+	METHOD_PATCH,
+} HttpMethod;
 
 typedef struct QueueConf
 {
@@ -59,6 +67,24 @@ typedef struct QueueConf
 	int throttled_exit;   /* exit status meaning "throttled" */
 	/* sql */
 	char *function; /* function called with the payload, e.g. app.handle */
+	/* http */
+	char *url;             /* where each task is sent */
+	int method;            /* HttpMethod */
+	char *headers;         /* as written: "Name: value" lines */
+	char **header_list;    /* headers split into lines, NULL-terminated (or NULL) */
+	bool has_content_type; /* headers set Content-Type: tqd does not */
+	int tls_verify;        /* 0 = off, 1 = on */
+	char *ca_file;         /* "" = the system's CAs */
+	int adaptive;          /* 0 = window fixed at concurrency, 1 = AIMD */
+	int aimd_initial;      /* window at start */
+	int aimd_min;          /* least window */
+	double aimd_interval;  /* s: one increase step per interval */
+	double aimd_decrease;  /* factor of a cut */
+	double aimd_throttle_rate;
+	int aimd_throttle_count;
+	double aimd_throttle_window; /* s */
+	double aimd_cooldown;        /* s */
+	int aimd_slow_start;         /* 0 = off, 1 = on */
 } QueueConf;
 
 typedef struct Config
@@ -75,6 +101,7 @@ typedef struct Config
 	double reconnect_min;      /* s: first reconnect delay */
 	double reconnect_max;      /* s: cap of the doubling delay */
 	double connect_timeout;    /* s: one connection attempt at most */
+	double status_interval;    /* s: status line per http endpoint; 0 = never */
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;

@@ -58,12 +58,15 @@
 
 #include <jansson.h>
 
+#include "aimd.h"
 #include "exec.h"
+#include "http.h"
 #include "log.h"
 #include "pgconn.h"
 #include "tqd.h"
 
 #define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
+#define lengthof(a) (sizeof(a) / sizeof((a)[0]))
 
 typedef enum TaskState
 {
@@ -81,6 +84,21 @@ typedef enum Report
 } Report;
 
 typedef struct Queue Queue;
+
+/*
+ * An HTTP endpoint: the URL of one or more http queues (queues with the
+ * same url share it) and its adaptive window.  Kept across reloads while
+ * its URL stays configured, so a reload does not reset what was learnt.
+ */
+typedef struct Endpoint
+{
+	struct Endpoint *next;
+	char *url;
+	bool used;                                  /* a queue of the current config sends here */
+	Aimd aimd;                                  /* the window, and the requests in flight */
+	int asked;                                  /* tasks asked for by leases on their way */
+	long long logged_answers, logged_throttled; /* totals at the last status line */
+} Endpoint;
 
 typedef struct SqlConn
 {
@@ -108,6 +126,10 @@ typedef struct Task
 	/* handlers */
 	ExecRun *run;
 	SqlConn *sql;
+	HttpRequest *http;
+	Endpoint *ep;       /* http: the endpoint the request went to */
+	double http_ticket; /* http: aimd_sent's ticket for the request */
+	double retry_after; /* REPORT_FAIL: s, from Retry-After; < 0 = tq's backoff */
 	ev_timer sql_timer; /* sql: the timeout */
 	/* outcome */
 	json_t *result;    /* REPORT_COMPLETE */
@@ -125,6 +147,7 @@ struct Queue
 	bool leasing;          /* a tq_lease call is on its way */
 	bool wanted;           /* there is probably work: lease when there is room */
 	SqlConn *pool;         /* sql handler: its connections */
+	Endpoint *ep;          /* http handler: its endpoint */
 };
 
 typedef enum RunState
@@ -147,6 +170,8 @@ struct Daemon
 	PgConn *work;   /* leases, heartbeats */
 	PgConn *report; /* outcome batches */
 	PgConn *listen;
+	HttpClient *http;    /* the http handler's requests */
+	Endpoint *endpoints; /* of http queues, current and past */
 	Queue *queues;
 	Task *tasks;
 	int running;        /* tasks in TASK_RUNNING */
@@ -154,11 +179,12 @@ struct Daemon
 	int heartbeats;     /* heartbeat calls on their way */
 	double flush_retry; /* s: delay before resending refused batches; 0 after a success */
 
-	ev_idle lease_idle;   /* lease soon, once per loop turn */
-	ev_timer poll_timer;  /* poll_interval */
-	ev_timer flush_timer; /* flush_interval */
-	ev_timer hb_timer;    /* heartbeats */
-	ev_timer stop_timer;  /* drain_timeout, then the final flush's deadline */
+	ev_idle lease_idle;    /* lease soon, once per loop turn */
+	ev_timer poll_timer;   /* poll_interval */
+	ev_timer flush_timer;  /* flush_interval */
+	ev_timer hb_timer;     /* heartbeats */
+	ev_timer stop_timer;   /* drain_timeout, then the final flush's deadline */
+	ev_timer status_timer; /* status_interval: endpoint status lines */
 	ev_signal sigterm, sigint, sighup;
 };
 
@@ -168,6 +194,7 @@ static void task_done(Task *t, Report report);
 static void stop_task(Task *t, Report report);
 static void maybe_finish_stop(Daemon *d);
 static void begin_stopping(Daemon *d, bool fast);
+static void set_status_timer(Daemon *d);
 
 /* ------------------------------------------------------------------------
  * Small helpers
@@ -232,6 +259,92 @@ num_array(char *buf, size_t len, size_t *o, long long v, bool first)
  * ------------------------------------------------------------------------
  */
 
+static Endpoint *
+find_endpoint(Daemon *d, const char *url)
+{
+	for (Endpoint *e = d->endpoints; e; e = e->next)
+		if (strcmp(e->url, url) == 0)
+			return e;
+	return NULL;
+}
+
+/* The window's rules from a queue's keys; the ceiling is given. */
+static void
+aimd_conf_of(const QueueConf *qc, double ceiling, AimdConf *ac)
+{
+	memset(ac, 0, sizeof(*ac));
+	ac->ceiling = ceiling;
+	if (!qc->adaptive)
+	{
+		/* Fixed at the ceiling: every bound is the ceiling. */
+		ac->initial = ac->floor = ceiling;
+		ac->decrease = 1;
+		ac->throttle_count = 1;
+		ac->throttle_window = 1;
+		return;
+	}
+	ac->initial = qc->aimd_initial;
+	ac->floor = qc->aimd_min;
+	ac->interval = qc->aimd_interval;
+	ac->decrease = qc->aimd_decrease;
+	ac->throttle_rate = qc->aimd_throttle_rate;
+	ac->throttle_count = qc->aimd_throttle_count;
+	ac->throttle_window = qc->aimd_throttle_window;
+	ac->cooldown = qc->aimd_cooldown;
+	ac->slow_start = qc->aimd_slow_start != 0;
+}
+
+/*
+ * Gives every http queue its endpoint (by URL).  An endpoint's rules come
+ * from the first queue (in the file) that sends to it; its ceiling is the
+ * sum of the concurrency of all of them, each queue still capped by its own.
+ */
+static void
+sync_endpoints(Daemon *d)
+{
+	for (Endpoint *e = d->endpoints; e; e = e->next)
+		e->used = false;
+	for (Queue *q = d->queues; q; q = q->next)
+		if (q->conf == NULL || q->conf->handler != HANDLER_HTTP)
+			q->ep = NULL;
+	for (int i = 0; i < d->config->nqueues; i++)
+	{
+		const QueueConf *qc = &d->config->queues[i];
+		Endpoint *e;
+		double ceiling = 0;
+		AimdConf ac;
+		bool is_new;
+
+		if (qc->handler != HANDLER_HTTP)
+			continue;
+		e = find_endpoint(d, qc->url);
+		if (e != NULL && e->used)
+		{
+			find_queue(d, qc->name)->ep = e;
+			continue;
+		}
+		is_new = e == NULL;
+		if (is_new)
+		{
+			e = xcalloc(1, sizeof(Endpoint));
+			e->url = xstrdup(qc->url);
+			e->next = d->endpoints;
+			d->endpoints = e;
+		}
+		e->used = true;
+		for (int j = 0; j < d->config->nqueues; j++)
+			if (d->config->queues[j].handler == HANDLER_HTTP &&
+				strcmp(d->config->queues[j].url, qc->url) == 0)
+				ceiling += d->config->queues[j].concurrency;
+		aimd_conf_of(qc, ceiling, &ac);
+		if (is_new)
+			aimd_init(&e->aimd, &ac, ev_now(d->loop));
+		else
+			aimd_reconfigure(&e->aimd, &ac);
+		find_queue(d, qc->name)->ep = e;
+	}
+}
+
 /* Points the queues at config's sections; adds new ones; retires gone ones. */
 static void
 sync_queues(Daemon *d)
@@ -253,6 +366,7 @@ sync_queues(Daemon *d)
 		q->conf = qc;
 		q->wanted = true;
 	}
+	sync_endpoints(d);
 }
 
 /* ------------------------------------------------------------------------
@@ -279,6 +393,11 @@ free_task(Task *t)
 		d->waiting--;
 	if (t->run)
 		exec_free(t->run);
+	if (t->http)
+	{
+		http_free(t->http);
+		aimd_abandoned(&t->ep->aimd);
+	}
 	if (t->sql)
 		t->sql->task = NULL;
 	ev_timer_stop(d->loop, &t->sql_timer);
@@ -434,6 +553,7 @@ task_env(Task *t)
 }
 
 static void start_sql(Task *t);
+static void start_http(Task *t);
 static double heartbeat_every(Daemon *d);
 
 /* Starts the task's handler. */
@@ -480,13 +600,17 @@ start_task(Task *t)
 		case HANDLER_SQL:
 			start_sql(t);
 			return;
+		case HANDLER_HTTP:
+			start_http(t);
+			return;
 	}
 }
 
 /*
  * Asks a running task to stop; its outcome will be report.  exec: the
  * program gets SIGTERM (SIGKILL after kill_grace); sql: the query runs on
- * (its connection is closed); noop never runs long enough to be stopped.
+ * (its connection is closed); http: the request is aborted (its connection
+ * closed); noop never runs long enough to be stopped.
  */
 static void
 stop_task(Task *t, Report report)
@@ -511,6 +635,14 @@ stop_task(Task *t, Report report)
 	t->stop_report = report;
 	if (t->run)
 		exec_stop(t->run);
+	else if (t->http)
+	{
+		/* Aborted at once; the endpoint may or may not have done the work. */
+		http_free(t->http);
+		t->http = NULL;
+		aimd_abandoned(&t->ep->aimd);
+		task_done(t, report);
+	}
 	else if (t->sql)
 	{
 		/*
@@ -725,6 +857,184 @@ start_sql(Task *t)
 }
 
 /* ------------------------------------------------------------------------
+ * http handler
+ * ------------------------------------------------------------------------
+ */
+static const char *const method_text[] = {"POST", "PUT", "PATCH"};
+
+/* Logs what the window did, with what it is now. */
+static void
+log_window(Endpoint *e, AimdEvent ev, double now)
+{
+	int answers, throttled;
+
+	if (ev == AIMD_NONE)
+		return;
+	aimd_recent(&e->aimd, now, &answers, &throttled);
+	if (ev == AIMD_CUT)
+		tlog(LOG_INFO, "endpoint throttled: window cut",
+			 "url=%s window=%.2f limit=%d in_flight=%d cuts=%lld", kvq(e->url), e->aimd.window,
+			 aimd_limit(&e->aimd), e->aimd.inflight, e->aimd.cuts);
+	else
+		tlog(LOG_DEBUG, "endpoint healthy: window grows",
+			 "url=%s window=%.2f limit=%d in_flight=%d answers=%d", kvq(e->url), e->aimd.window,
+			 aimd_limit(&e->aimd), e->aimd.inflight, answers);
+}
+
+/* The answer (or its absence) becomes the task's outcome. */
+static void
+http_done(HttpRequest *req, const HttpResult *r, void *arg)
+{
+	Task *t = arg;
+	Endpoint *e = t->ep;
+	double now = ev_time();
+	Outcome o = http_classify(r);
+	char how[1200];
+
+	http_describe(r, t->timeout, how, sizeof(how));
+	if (r->end == HTTP_ANSWERED)
+		log_window(e, aimd_answer(&e->aimd, now, t->http_ticket, http_is_throttle(r)), now);
+	else
+		aimd_abandoned(&e->aimd);
+	if (o == OUTCOME_SUCCESS)
+	{
+		json_t *v = NULL;
+
+		if (r->body_len == 0)
+			v = json_null();
+		else if (r->body_is_json && !r->body_truncated)
+			v = json_loadb(r->body, r->body_len, JSON_DECODE_ANY, NULL);
+		if (v == NULL)
+		{
+			/* Not JSON (or cut): the text itself, as a JSON string. */
+			v = json_stringn_nocheck(r->body, r->body_len);
+			if (v == NULL || json_string_length(v) != r->body_len)
+			{
+				if (v)
+					json_decref(v);
+				v = json_string("[tqd: the response body was not valid UTF-8]");
+			}
+		}
+		t->result = v;
+		tlog(LOG_INFO, "task succeeded", "task=%lld queue=%s attempt=%d status=%ld seconds=%.3f",
+			 t->id, kvq(t->queue->name), t->attempt, r->status, r->seconds);
+		t->http = NULL;
+		http_free(req);
+		task_done(t, REPORT_COMPLETE);
+		return;
+	}
+	{
+		const char *retry = o == OUTCOME_NEVER       ? "never"
+							: o == OUTCOME_THROTTLED ? "throttled"
+													 : "auto";
+		char line[1400];
+
+		set_fail(t, retry, "%s", how);
+		if (r->retry_after >= 0 && o != OUTCOME_NEVER)
+			t->retry_after = fmin(r->retry_after, 30 * 86400.0); /* tq_fail's limit */
+		/* The task's log says what happened to each failed attempt. */
+		snprintf(line, sizeof(line), "%s %s: %s (%.3f s)%s",
+				 method_text[t->queue->conf ? t->queue->conf->method : 0], e->url, how, r->seconds,
+				 r->retry_after >= 0 ? "; Retry-After honoured" : "");
+		t->log = json_array();
+		json_array_append_new(t->log, json_string(line));
+		tlog(LOG_INFO, "task failed",
+			 "task=%lld queue=%s attempt=%d outcome=%s error=%s retry_after=%.0f seconds=%.3f",
+			 t->id, kvq(t->queue->name), t->attempt, outcome_name(o), kvq(t->error), t->retry_after,
+			 r->seconds);
+	}
+	t->http = NULL;
+	http_free(req);
+	task_done(t, REPORT_FAIL);
+}
+
+/* Sends the task to its queue's URL. */
+static void
+start_http(Task *t)
+{
+	const QueueConf *qc = t->queue->conf;
+	Daemon *d = t->d;
+	char hid[48], hatt[32], hqueue[128], htenant[256], hdeadline[64];
+	const char *headers[8 + 64];
+	int nh = 0;
+	HttpSpec spec;
+	char err[512];
+
+	snprintf(hid, sizeof(hid), "X-TQ-Task-Id: %lld", t->id);
+	snprintf(hatt, sizeof(hatt), "X-TQ-Attempt: %d", t->attempt);
+	snprintf(hqueue, sizeof(hqueue), "X-TQ-Queue: %s", t->queue->name);
+	snprintf(htenant, sizeof(htenant), "X-TQ-Tenant: %s", t->tenant ? t->tenant : "");
+	if (t->timeout > 0)
+	{
+		time_t dl = time(NULL) + (time_t) ceil(t->timeout);
+		struct tm tm;
+
+		gmtime_r(&dl, &tm);
+		strftime(hdeadline, sizeof(hdeadline), "X-TQ-Deadline: %Y-%m-%dT%H:%M:%SZ", &tm);
+	}
+	else
+		snprintf(hdeadline, sizeof(hdeadline), "X-TQ-Deadline:");
+	headers[nh++] = hid;
+	headers[nh++] = hatt;
+	headers[nh++] = hqueue;
+	/* "Name:" with nothing after it would make curl drop the header: leave it out. */
+	if (t->tenant)
+		headers[nh++] = htenant;
+	if (t->timeout > 0)
+		headers[nh++] = hdeadline;
+	if (!qc->has_content_type)
+		headers[nh++] = "Content-Type: application/json";
+	for (char **h = qc->header_list; h && *h && nh < (int) lengthof(headers) - 1; h++)
+		headers[nh++] = *h;
+	headers[nh] = NULL;
+
+	memset(&spec, 0, sizeof(spec));
+	spec.url = qc->url;
+	spec.method = method_text[qc->method];
+	spec.headers = headers;
+	spec.body = t->payload;
+	spec.body_len = strlen(t->payload);
+	spec.timeout = t->timeout;
+	spec.tls_verify = qc->tls_verify != 0;
+	spec.ca_file = qc->ca_file;
+	spec.max_output = qc->max_output;
+	t->ep = t->queue->ep;
+	t->http = http_start(d->http, &spec, http_done, t, err, sizeof(err));
+	if (t->http == NULL)
+	{
+		tlog(LOG_ERROR, "could not start the request", "task=%lld queue=%s url=%s error=%s", t->id,
+			 kvq(t->queue->name), kvq(qc->url), kvq(err));
+		task_done(t, REPORT_RELEASE);
+		return;
+	}
+	t->http_ticket = aimd_sent(&t->ep->aimd, ev_time());
+}
+
+/* One line per endpoint: what the window is and what came back since the last. */
+static void
+status_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = CONTAINER(w, Daemon, status_timer);
+	double now = ev_now(loop);
+
+	for (Endpoint *e = d->endpoints; e; e = e->next)
+	{
+		long long answers = e->aimd.total_answers - e->logged_answers;
+		long long throttled = e->aimd.total_throttled - e->logged_throttled;
+
+		if (!e->used && e->aimd.inflight == 0)
+			continue;
+		log_window(e, aimd_tick(&e->aimd, now), now);
+		tlog(LOG_INFO, "endpoint status",
+			 "url=%s window=%.2f limit=%d in_flight=%d answers=%lld throttled=%lld cuts=%lld",
+			 kvq(e->url), e->aimd.window, aimd_limit(&e->aimd), e->aimd.inflight, answers,
+			 throttled, e->aimd.cuts);
+		e->logged_answers = e->aimd.total_answers;
+		e->logged_throttled = e->aimd.total_throttled;
+	}
+}
+
+/* ------------------------------------------------------------------------
  * Leasing
  * ------------------------------------------------------------------------
  */
@@ -732,6 +1042,7 @@ typedef struct LeaseCall
 {
 	Daemon *d;
 	Queue *q;
+	Endpoint *ep; /* http: the endpoint whose room was reserved */
 	int asked;
 } LeaseCall;
 
@@ -744,6 +1055,8 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	int n;
 
 	q->leasing = false;
+	if (lc->ep)
+		lc->ep->asked -= lc->asked;
 	if (res == NULL)
 	{
 		free(lc);
@@ -775,6 +1088,7 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 			t->timeout = queue_timeout;
 		t->lease_len = atof(PQgetvalue(res, i, 5));
 		t->state = TASK_RUNNING;
+		t->retry_after = -1;
 		t->next = d->tasks;
 		if (d->tasks)
 			d->tasks->prev = t;
@@ -831,6 +1145,14 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			room = free_slots;
 		if (room > d->config->lease_batch)
 			room = d->config->lease_batch;
+		if (q->ep != NULL)
+		{
+			/* The endpoint's window: what it takes decides what we lease. */
+			int window_room = aimd_limit(&q->ep->aimd) - q->ep->aimd.inflight - q->ep->asked;
+
+			if (room > window_room)
+				room = window_room;
+		}
 		if (room <= 0)
 			continue;
 		snprintf(max, sizeof(max), "%d", room);
@@ -842,6 +1164,7 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		lc = xcalloc(1, sizeof(LeaseCall));
 		lc->d = d;
 		lc->q = q;
+		lc->ep = q->ep;
 		lc->asked = room;
 		if (!pgc_send(d->work,
 					  "SELECT id, attempt, payload::text, tenant,"
@@ -854,6 +1177,8 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 			return;
 		}
 		q->leasing = true;
+		if (q->ep)
+			q->ep->asked += room;
 		/* Counted as taken until the answer comes. */
 		free_slots -= room;
 	}
@@ -1008,6 +1333,12 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	"ARRAY(SELECT e FROM jsonb_array_elements_text(" p                                             \
 	"::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
 
+/* Seconds or null per task, as an interval[] (null: tq's own backoff). */
+#define DELAY_ARRAY_OF(p)                                                                          \
+	"ARRAY(SELECT CASE WHEN jsonb_typeof(e) = 'number' THEN make_interval(secs => "                \
+	"e::text::float8)"                                                                             \
+	" END FROM jsonb_array_elements(" p "::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
+
 /* Sends one batch of the tasks in TASK_DONE with report kind. */
 static void
 send_batch(Daemon *d, Report kind)
@@ -1016,9 +1347,9 @@ send_batch(Daemon *d, Report kind)
 	Batch *b;
 	char *ids, *atts;
 	size_t ilen, io = 0, ao = 0;
-	json_t *a1 = NULL, *a2 = NULL, *a3 = NULL;
-	char *j1 = NULL, *j2 = NULL, *j3 = NULL;
-	const char *params[5];
+	json_t *a1 = NULL, *a2 = NULL, *a3 = NULL, *a4 = NULL;
+	char *j1 = NULL, *j2 = NULL, *j3 = NULL, *j4 = NULL;
+	const char *params[6];
 	bool sent;
 
 	for (Task *t = d->tasks; t; t = t->next)
@@ -1041,6 +1372,7 @@ send_batch(Daemon *d, Report kind)
 	{
 		a1 = json_array();
 		a2 = json_array();
+		a4 = json_array();
 	}
 	a3 = json_array(); /* logs, any kind */
 	for (Task *t = d->tasks; t; t = t->next)
@@ -1056,6 +1388,8 @@ send_batch(Daemon *d, Report kind)
 		{
 			json_array_append_new(a1, json_string(t->error ? t->error : "failed"));
 			json_array_append_new(a2, json_string(t->retry ? t->retry : "auto"));
+			json_array_append_new(a4,
+								  t->retry_after >= 0 ? json_real(t->retry_after) : json_null());
 		}
 		json_array_append(a3, t->log ? t->log : json_null());
 		t->state = TASK_SENT;
@@ -1070,6 +1404,8 @@ send_batch(Daemon *d, Report kind)
 		j1 = json_dumps(a1, JSON_COMPACT | JSON_ENCODE_ANY);
 	if (a2)
 		j2 = json_dumps(a2, JSON_COMPACT | JSON_ENCODE_ANY);
+	if (a4)
+		j4 = json_dumps(a4, JSON_COMPACT | JSON_ENCODE_ANY);
 	j3 = json_dumps(a3, JSON_COMPACT | JSON_ENCODE_ANY);
 	/*
 	 * The log lines go in the same statement (one transaction) as the
@@ -1092,13 +1428,15 @@ send_batch(Daemon *d, Report kind)
 		case REPORT_FAIL:
 			params[3] = j1;
 			params[4] = j2;
-			sent = pgc_send(d->report,
-							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
-							"$2::integer[], " ARRAY_OF(
-								"$3") "))"
-									  " SELECT tq_fail($1::bigint[], $2::integer[], " TEXT_ARRAY_OF(
-										  "$4") ", " TEXT_ARRAY_OF("$5") ") FROM l",
-							5, params, batch_result, b);
+			params[5] = j4;
+			sent = pgc_send(
+				d->report,
+				"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
+				"$2::integer[], " ARRAY_OF(
+					"$3") "))"
+						  " SELECT tq_fail($1::bigint[], $2::integer[], " TEXT_ARRAY_OF(
+							  "$4") ", " TEXT_ARRAY_OF("$5") ", " DELAY_ARRAY_OF("$6") ") FROM l",
+				6, params, batch_result, b);
 			break;
 		case REPORT_RELEASE:
 			sent = pgc_send(d->report,
@@ -1128,6 +1466,9 @@ out:
 	free(j1);
 	free(j2);
 	free(j3);
+	free(j4);
+	if (a4)
+		json_decref(a4);
 	if (a1)
 		json_decref(a1);
 	if (a2)
@@ -1494,6 +1835,7 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	ev_timer_set(&d->poll_timer, c->poll_interval, c->poll_interval);
 	if (d->run_state == RUN_ACTIVE)
 		ev_timer_again(loop, &d->poll_timer);
+	set_status_timer(d);
 	tlog(LOG_INFO, "configuration reloaded", "file=%s queues=%d", kvq(d->config_path), c->nqueues);
 	lease_soon(d);
 }
@@ -1502,6 +1844,17 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
  * Set-up
  * ------------------------------------------------------------------------
  */
+/* Endpoint status lines every status_interval, when there is an http queue. */
+static void
+set_status_timer(Daemon *d)
+{
+	ev_timer_stop(d->loop, &d->status_timer);
+	if (d->config->status_interval > 0 && d->endpoints != NULL)
+	{
+		ev_timer_set(&d->status_timer, d->config->status_interval, d->config->status_interval);
+		ev_timer_start(d->loop, &d->status_timer);
+	}
+}
 Daemon *
 daemon_new(struct ev_loop *loop, Config *config, const char *config_path)
 {
@@ -1523,6 +1876,18 @@ daemon_new(struct ev_loop *loop, Config *config, const char *config_path)
 		snprintf(d->worker, sizeof(d->worker), "%s:%d", host, (int) getpid());
 	}
 	srandom((unsigned) getpid() ^ (unsigned) time(NULL));
+	{
+		char err[256];
+
+		d->http = http_client_new(loop, err, sizeof(err));
+		if (d->http == NULL)
+		{
+			fprintf(stderr, "tqd: cannot set up HTTP: %s\n", err);
+			free(d->config_path);
+			free(d);
+			return NULL;
+		}
+	}
 	sync_queues(d);
 
 	o.connect_timeout = config->connect_timeout;
@@ -1538,6 +1903,7 @@ daemon_new(struct ev_loop *loop, Config *config, const char *config_path)
 	ev_init(&d->hb_timer, hb_cb);
 	d->hb_timer.repeat = 10.0;
 	ev_init(&d->stop_timer, stop_timer_cb);
+	ev_init(&d->status_timer, status_cb);
 	ev_signal_init(&d->sigterm, sigterm_cb, SIGTERM);
 	ev_signal_init(&d->sigint, sigint_cb, SIGINT);
 	ev_signal_init(&d->sighup, sighup_cb, SIGHUP);
@@ -1552,6 +1918,7 @@ daemon_run(Daemon *d)
 	ev_signal_start(d->loop, &d->sigint);
 	ev_signal_start(d->loop, &d->sighup);
 	ev_timer_start(d->loop, &d->poll_timer);
+	set_status_timer(d);
 	tlog(LOG_INFO, "starting", "version=%s worker=%s queues=%d slots=%d", TQD_VERSION,
 		 kvq(d->worker), d->config->nqueues, d->config->slots);
 	pgc_connect(d->listen);
@@ -1583,6 +1950,15 @@ daemon_free(Daemon *d)
 		}
 	while (d->tasks)
 		free_task(d->tasks);
+	http_client_free(d->http);
+	while (d->endpoints)
+	{
+		Endpoint *e = d->endpoints;
+
+		d->endpoints = e->next;
+		free(e->url);
+		free(e);
+	}
 	while (d->queues)
 	{
 		Queue *q = d->queues;
@@ -1603,6 +1979,7 @@ daemon_free(Daemon *d)
 	ev_timer_stop(loop, &d->flush_timer);
 	ev_timer_stop(loop, &d->hb_timer);
 	ev_timer_stop(loop, &d->stop_timer);
+	ev_timer_stop(loop, &d->status_timer);
 	ev_signal_stop(loop, &d->sigterm);
 	ev_signal_stop(loop, &d->sigint);
 	ev_signal_stop(loop, &d->sighup);

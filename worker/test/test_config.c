@@ -188,6 +188,7 @@ check_global_defaults(const Config *c, const char *what)
 	ok(c->reconnect_min == 0.1, "%s: reconnect_min 100ms", what);
 	ok(c->reconnect_max == 10, "%s: reconnect_max 10s", what);
 	ok(c->connect_timeout == 10, "%s: connect_timeout 10s", what);
+	ok(c->status_interval == 60, "%s: status_interval 1min", what);
 	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
 }
 
@@ -206,13 +207,37 @@ check_queue_defaults(const QueueConf *q, const char *what)
 }
 
 /* Every key the brief names, in [tqd] then [queue:NAME]. */
-static const char *const global_keys[] = {"conninfo",           "worker_name",     "slots",
-										  "lease_batch",        "flush_interval",  "poll_interval",
-										  "heartbeat_interval", "drain_timeout",   "reconnect_min",
-										  "reconnect_max",      "connect_timeout", "log_level"};
-static const char *const queue_keys[] = {
-	"handler",       "concurrency",   "timeout",      "kill_grace", "command",        "max_output",
-	"max_log_bytes", "max_log_lines", "memory_limit", "cpu_limit",  "throttled_exit", "function"};
+static const char *const global_keys[] = {
+	"conninfo",        "worker_name",        "slots",         "lease_batch",   "flush_interval",
+	"poll_interval",   "heartbeat_interval", "drain_timeout", "reconnect_min", "reconnect_max",
+	"connect_timeout", "status_interval",    "log_level"};
+static const char *const queue_keys[] = {"handler",
+										 "concurrency",
+										 "timeout",
+										 "kill_grace",
+										 "command",
+										 "max_output",
+										 "max_log_bytes",
+										 "max_log_lines",
+										 "memory_limit",
+										 "cpu_limit",
+										 "throttled_exit",
+										 "function",
+										 "url",
+										 "method",
+										 "headers",
+										 "tls_verify",
+										 "ca_file",
+										 "adaptive",
+										 "aimd_initial",
+										 "aimd_min",
+										 "aimd_interval",
+										 "aimd_decrease",
+										 "aimd_throttle_rate",
+										 "aimd_throttle_count",
+										 "aimd_throttle_window",
+										 "aimd_cooldown",
+										 "aimd_slow_start"};
 #define NGLOBAL ((int) (sizeof(global_keys) / sizeof(global_keys[0])))
 #define NQUEUE ((int) (sizeof(queue_keys) / sizeof(queue_keys[0])))
 
@@ -483,7 +508,7 @@ test_values(void)
 		config_free(c);
 	}
 	fails_with("[queue:q]\nhandler = shell\n",
-			   ":2: key \"handler\": invalid value \"shell\": expected noop, exec or sql",
+			   ":2: key \"handler\": invalid value \"shell\": expected noop, exec, sql or http",
 			   "unknown handler");
 
 	/* Exec-specific checks. */
@@ -551,10 +576,10 @@ test_errors(void)
 	config_free(c);
 
 	fails_with("[tqd]\nslots = 3\n[queue:q]\nconcurrency = 2\n",
-			   ":3: section \"queue:q\": key \"handler\" is required (noop, exec or sql)",
+			   ":3: section \"queue:q\": key \"handler\" is required (noop, exec, sql or http)",
 			   "missing handler");
 	fails_with("[queue:q]\n[queue:r]\nhandler = noop\n",
-			   ":1: section \"queue:q\": key \"handler\" is required (noop, exec or sql)",
+			   ":1: section \"queue:q\": key \"handler\" is required (noop, exec, sql or http)",
 			   "an empty queue section");
 	fails_with("[queue:q]\nhandler = exec\n",
 			   ":1: section \"queue:q\": key \"command\" is required for handler exec",
@@ -566,7 +591,7 @@ test_errors(void)
 			   ":2: key \"command\": only for handler exec (this queue's is noop)",
 			   "command given for noop (before the handler)");
 	fails_with("[queue:q]\nhandler = sql\nfunction = f\nmax_output = 1MB\n",
-			   ":4: key \"max_output\": only for handler exec (this queue's is sql)",
+			   ":4: key \"max_output\": only for handler exec and http (this queue's is sql)",
 			   "an exec key for sql");
 	fails_with("[queue:q]\nhandler = exec\ncommand = x\nfunction = app.f\n",
 			   ":4: key \"function\": only for handler sql (this queue's is exec)",
@@ -766,10 +791,117 @@ test_misc(void)
 	ok(1, "config_free(NULL) and free_argv(NULL) are no-ops");
 }
 
+/* The http handler's keys: defaults, header lines, and what is refused. */
+static void
+test_http(void)
+{
+	const char *q = "[queue:h]\nhandler = http\nurl = http://127.0.0.1:8080/task\n";
+	char text[1024];
+	Config *c = loads(q, "http queue");
+	const QueueConf *h;
+
+	if (c != NULL)
+	{
+		h = &c->queues[0];
+		is_int(h->handler, HANDLER_HTTP, "http: handler");
+		is_str(h->url, "http://127.0.0.1:8080/task", "http: url");
+		is_int(h->method, METHOD_POST, "http: method POST by default");
+		is_int(h->tls_verify, 1, "http: TLS verified by default");
+		is_str(h->ca_file, "", "http: system CAs by default");
+		ok(h->header_list == NULL && !h->has_content_type, "http: no extra headers");
+		is_int(h->adaptive, 1, "http: adaptive by default");
+		is_int(h->aimd_initial, 4, "http: aimd_initial 4");
+		is_int(h->aimd_min, 1, "http: aimd_min 1");
+		ok(h->aimd_interval == 1 && h->aimd_throttle_window == 1 && h->aimd_cooldown == 2,
+		   "http: aimd intervals 1s, 1s, 2s");
+		ok(h->aimd_decrease == 0.5 && h->aimd_throttle_rate == 0.05,
+		   "http: decrease 0.5, rate 0.05");
+		is_int(h->aimd_throttle_count, 3, "http: throttle_count 3");
+		is_int(h->max_output, 256 * 1024, "http: max_output 256kB");
+		config_free(c);
+	}
+
+	snprintf(text, sizeof(text),
+			 "%sheaders = Authorization: Bearer abc def\n  X-Env:prod\n"
+			 "  content-type: application/cloudevents+json\nmethod = PUT\naimd_decrease = 0.75\n",
+			 q);
+	c = loads(text, "http headers on continuation lines");
+	if (c != NULL)
+	{
+		h = &c->queues[0];
+		ok(h->header_list != NULL && h->header_list[0] && h->header_list[1] && h->header_list[2] &&
+			   h->header_list[3] == NULL,
+		   "three headers");
+		if (h->header_list && h->header_list[0] && h->header_list[1] && h->header_list[2])
+		{
+			is_str(h->header_list[0], "Authorization: Bearer abc def", "header 1 as written");
+			is_str(h->header_list[1], "X-Env: prod", "header 2 normalised to \"Name: value\"");
+		}
+		ok(h->has_content_type, "a Content-Type of one's own is noticed");
+		is_int(h->method, METHOD_PUT, "method PUT");
+		ok(h->aimd_decrease == 0.75, "aimd_decrease 0.75");
+		config_free(c);
+	}
+
+	fails_with("[queue:h]\nhandler = http\n",
+			   ":1: section \"queue:h\": key \"url\" is required for handler http", "url required");
+	snprintf(text, sizeof(text), "[queue:h]\nhandler = http\nurl = ftp://example.com/x\n");
+	fails_with(text,
+			   ":3: key \"url\": invalid URL \"ftp://example.com/x\": the scheme must be "
+			   "http or https",
+			   "ftp refused");
+	snprintf(text, sizeof(text), "[queue:h]\nhandler = http\nurl = http://exa mple.com/\n");
+	c = load_text(text, NULL, 0);
+	ok(c == NULL, "a URL with a blank is refused");
+	config_free(c);
+	snprintf(text, sizeof(text), "%sheaders = X-TQ-Task-Id: 5\n", q);
+	fails_with(text,
+			   ":4: key \"headers\": header \"X-TQ-Task-Id\" cannot be set: tqd sets it "
+			   "for each request",
+			   "X-TQ- headers are tqd's");
+	snprintf(text, sizeof(text), "%sheaders = X-A: 1\n  Content-Length: 5\n", q);
+	fails_with(text,
+			   ":4: key \"headers\": header \"Content-Length\" cannot be set: tqd sets it "
+			   "for each request",
+			   "Content-Length is curl's");
+	snprintf(text, sizeof(text), "%sheaders = no colon here\n", q);
+	fails_with(text,
+			   ":4: key \"headers\": invalid header \"no colon here\": expected \"Name: "
+			   "value\"",
+			   "a header without a colon");
+	snprintf(text, sizeof(text), "%sca_file = /nonexistent/ca.pem\n", q);
+	fails_with(text,
+			   ":4: key \"ca_file\": cannot read \"/nonexistent/ca.pem\": No such file or "
+			   "directory",
+			   "an unreadable CA file");
+	snprintf(text, sizeof(text), "%smethod = GET\n", q);
+	fails_with(text, ":4: key \"method\": invalid value \"GET\": expected POST, PUT or PATCH",
+			   "GET is refused (the payload is never in the URL)");
+	snprintf(text, sizeof(text), "%saimd_decrease = 1.5\n", q);
+	fails_with(text, ":4: key \"aimd_decrease\": 1.5 is out of range (0.05 to 0.95)",
+			   "decrease out of range");
+	snprintf(text, sizeof(text), "%saimd_throttle_rate = half\n", q);
+	fails_with(text,
+			   ":4: key \"aimd_throttle_rate\": invalid value \"half\": expected a number "
+			   "such as 0.5, 0 to 1",
+			   "rate not a number");
+	snprintf(text, sizeof(text), "%saimd_min = 10\n", q);
+	fails_with(text,
+			   ":4: key \"aimd_min\": 10 is above concurrency (4): the window never goes "
+			   "above that",
+			   "aimd_min above concurrency");
+	fails_with("[queue:e]\nhandler = exec\ncommand = /bin/true\nurl = http://x/\n",
+			   ":4: key \"url\": only for handler http (this queue's is exec)",
+			   "url under exec is refused");
+	fails_with("[queue:h]\nhandler = http\nurl = http://x/\nmax_log_lines = 5\n",
+			   ":4: key \"max_log_lines\": only for handler exec (this queue's is http)",
+			   "an exec key under http is refused");
+}
+
 int
 main(void)
 {
-	plan(225);
+	plan(277);
 	test_sample();
 	test_defaults();
 	test_values();
@@ -777,5 +909,6 @@ main(void)
 	test_lines();
 	test_split_argv();
 	test_misc();
+	test_http();
 	return done_testing();
 }

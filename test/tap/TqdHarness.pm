@@ -1,0 +1,158 @@
+# TqdHarness: starting, watching and stopping tqd processes in the TAP
+# tests (010, 012 and their sanitized runs), so that each test file only
+# says what it tests.
+#
+#   TqdHarness::setup(node => $node, dir => $dir, tqd => $bin,
+#                     sanitized => $bool, env => { NAME => value, ... });
+#   start_tqd($name, $conf)   fork + exec tqd -c $conf, output in $dir/$name.log
+#   started($name)            waits until it is connected (signals are set by then)
+#   wait_exit($name, $secs)   its exit status (128 + signal), undef on timeout
+#   tqd_log($name), poll_log($name, $re), poll_count($name, $re, $n)
+#   sq($sql), poll($sql, $secs)  queries on the node; poll waits for 't'
+#   no_sanitizer_reports()    with sanitized tqd: asserts that none wrote a report
+#
+# Every wait polls a condition with a deadline.  An END block kills any tqd
+# a test started and did not reap, so a test that dies half-way leaves no
+# daemon behind.
+package TqdHarness;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use POSIX ();
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @EXPORT = qw(start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
+  no_sanitizer_reports);
+
+my %opt;
+my %procs;
+
+sub setup
+{
+	%opt = @_;
+	$opt{env} //= {};
+	-x $opt{tqd} or BAIL_OUT("$opt{tqd} is not built (make -C worker)");
+	return;
+}
+
+sub start_tqd
+{
+	my ($name, $path) = @_;
+	my $dir = $opt{dir};
+	my $log = "$dir/$name.log";
+	unlink($log);
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		$ENV{$_} = $opt{env}{$_} for keys %{ $opt{env} };
+		if ($opt{sanitized})
+		{
+			$ENV{ASAN_OPTIONS} = "log_path=$dir/asan-$name:detect_leaks=1";
+			$ENV{UBSAN_OPTIONS} = "log_path=$dir/ubsan-$name:print_stacktrace=1";
+		}
+		open(STDIN, '<', '/dev/null');
+		open(STDOUT, '>>', $log);
+		open(STDERR, '>&', \*STDOUT);
+		exec($opt{tqd}, '-c', $path) or die "exec $opt{tqd}: $!";
+	}
+	$procs{$name} = { pid => $pid, log => $log };
+	return $pid;
+}
+
+sub tqd_pid { return $procs{ $_[0] }{pid}; }
+
+END
+{
+	for my $p (values %procs)
+	{
+		kill 'KILL', $p->{pid} unless $p->{reaped};
+	}
+}
+
+sub started
+{
+	my $name = shift;
+	my $deadline = time + 30;
+	while (time < $deadline)
+	{
+		return 1 if -e $procs{$name}{log} && slurp_file($procs{$name}{log}) =~ /msg=connected conn=work/;
+		usleep(20_000);
+	}
+	return 0;
+}
+
+sub tqd_log { my $n = shift; return -e $procs{$n}{log} ? slurp_file($procs{$n}{log}) : ''; }
+
+sub wait_exit
+{
+	my ($name, $secs) = @_;
+	my $pid = tqd_pid($name);
+	my $deadline = time + $secs;
+	while (time < $deadline)
+	{
+		my $r = waitpid($pid, POSIX::WNOHANG());
+		if ($r == $pid)
+		{
+			$procs{$name}{reaped} = 1;
+			return ($? & 127) ? 128 + ($? & 127) : $? >> 8;
+		}
+		usleep(20_000);
+	}
+	return undef;
+}
+
+sub sq { return $opt{node}->safe_psql('postgres', shift); }
+
+sub poll
+{
+	my ($sql, $secs) = @_;
+	my $deadline = time + ($secs // 60);
+	while (time < $deadline)
+	{
+		return 1 if sq($sql) eq 't';
+		usleep(50_000);
+	}
+	return 0;
+}
+
+sub poll_count
+{
+	my ($name, $re, $n) = @_;
+	my $deadline = time + 60;
+	while (time < $deadline)
+	{
+		my @m = (tqd_log($name) =~ /$re/g);
+		return 1 if @m >= $n;
+		usleep(50_000);
+	}
+	return 0;
+}
+
+sub poll_log
+{
+	my ($name, $re) = @_;
+	my $deadline = time + 30;
+	while (time < $deadline)
+	{
+		return 1 if tqd_log($name) =~ $re;
+		usleep(50_000);
+	}
+	return 0;
+}
+
+# kill -9 leaves no report; every other tqd exited through its checks.
+sub no_sanitizer_reports
+{
+	my $dir = $opt{dir};
+	my @reports = grep { -s $_ } glob("$dir/asan-* $dir/ubsan-*");
+	is(scalar(@reports), 0, 'no sanitizer report from any tqd (AddressSanitizer, LeakSanitizer, UBSan)');
+	diag(slurp_file($_)) for @reports;
+	return;
+}
+
+1;
