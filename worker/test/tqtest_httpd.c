@@ -35,17 +35,20 @@
  *					Content-Type, X-Test, traceparent and the body, after the
  *					delay.
  *	/status?code=N[&retry_after=S][&retry_after_date=S][&body=TEXT]
- *					status N at once, body TEXT (default "status N");
- *					retry_after adds "Retry-After: S" verbatim,
+ *					status N (100 < N < 600) at once, body TEXT (default
+ *					"status N"); retry_after adds "Retry-After: S" verbatim,
  *					retry_after_date "Retry-After: <HTTP-date of now + S s>".
+ *					(A 1xx is sent as an interim answer: the client goes on
+ *					waiting for a final one, as for /hang.)
  *	/flaky?code=N&times=K[&...as /status][&delay_ms=D]
  *					as /status while X-TQ-Attempt (missing: 1) is <= K (times
  *					missing: 1), as /ok after; code=hang hangs as /hang.
  *	/hang[?hang_ms=N]
  *					200 "late" after N ms (default 60000).
  *	/stats			JSON counters: requests answered, in flight now, most in
- *					flight at once, and answers per status, since the start
- *					or the last /stats/reset (which answers {}).
+ *					flight at once (requests refused with 429 included: they
+ *					count until answered), and answers per status, since the
+ *					start or the last /stats/reset (which answers {}).
  *	anything else	404 "no such path".
  *	A bad query parameter gets 400 with a message.
  *
@@ -56,10 +59,10 @@
  * for its service time in the thread of its connection; nothing global is
  * locked, the counters are atomics.  Keep-alive connections are reused.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -573,7 +576,7 @@ static enum MHD_Result
 answer_stats(struct MHD_Connection *conn, Request *req, const char *url, const char *method)
 {
 	Buf b = {0};
-	char num[96];
+	char num[160];
 	bool first = true;
 	Answer a = {.status = MHD_HTTP_OK, .content_type = "application/json"};
 
