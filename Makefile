@@ -56,6 +56,7 @@ demo: deps
 
 bench: deps
 	$(MAKE) install
+	$(MAKE) -C worker test/tqtest_httpd
 	test/bench/run.sh
 
 clean:

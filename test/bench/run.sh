@@ -82,6 +82,12 @@
 #      tqd, then by two, beside row 3's batch-50 floor; submit-to-start
 #      latency with tqd idle at 100 submits/s (started_at - submitted_at);
 #      tqd's resident memory with 1 000 exec tasks running.
+#   9. push mode (0.5.0): 50 000 tasks through the http handler to the test
+#      server (worker/test/tqtest_httpd, unlimited capacity, answers at
+#      once), one tqd, window fixed at 64 and adaptive from its defaults,
+#      beside the noop figure of row 8; and the adaptive window over time
+#      against a server of capacity 20 (429 above it, 50 ms per request),
+#      with aimd_decrease 0.5 (the default) and 0.75, printed as a table.
 #
 # Every measurement is checked: the tasks (rows) actually finished must be
 # the pgbench transactions times the batch, so a backlog that ran dry shows
@@ -1327,6 +1333,132 @@ kill -INT "$rss_pid"
 wait "$rss_pid" || fail "tqd (memory run) exited with an error"
 row2 "tqd resident memory, 1 000 exec tasks running (MB)" "$(fmt_1 "$(calc "$rss_kb / 1024")")" "-" "-" "- (reported)" "-"
 
+# Row 9: push mode (0.5.0).  The test server on loopback answers /ok at
+# once (no capacity limit); 50 000 tasks submitted as in row 8, drained by
+# one tqd whose queue uses the http handler with concurrency 64: once with
+# the window fixed (adaptive = off), once adaptive from its defaults
+# (initial 4, slow start per aimd_interval, 1 s).  Reference: row 8's noop
+# figure with one tqd.  Then the convergence trace: a server of capacity
+# 20 taking 50 ms per request, 6 000 tasks, status lines every 500 ms.
+httpd_bin=$top/worker/test/tqtest_httpd
+[ -x "$httpd_bin" ] || fail "$httpd_bin is not built (make -C worker test/tqtest_httpd)"
+# start_httpd NAME ARGS...: starts the server, sets HTTPD_PORT and HTTPD_PID.
+start_httpd()
+{
+	local name=$1 deadline
+	shift
+	"$httpd_bin" --port 0 "$@" >"$tqd_work/httpd-$name.out" 2>&1 &
+	HTTPD_PID=$!
+	deadline=$((SECONDS + 10))
+	until grep -q 'listening port=' "$tqd_work/httpd-$name.out" 2>/dev/null; do
+		[ $SECONDS -lt $deadline ] || fail "the test HTTP server did not start"
+		sleep 0.05
+	done
+	HTTPD_PORT=$(sed -n 's/^listening port=//p' "$tqd_work/httpd-$name.out")
+}
+# push_conf FILE PORT EXTRA [LEVEL]: a tqd configuration with one http
+# queue (EXTRA: more keys for it), logging at LEVEL (warning).
+push_conf()
+{
+	cat >"$1" <<CONF
+[tqd]
+conninfo = dbname=$tdb
+slots = 500
+lease_batch = 100
+flush_interval = 5ms
+log_level = ${4:-warning}
+status_interval = 500ms
+
+[queue:push]
+handler = http
+url = http://127.0.0.1:$2/ok
+concurrency = 64
+$3
+CONF
+}
+# push_drain CONF TOTAL: drains TOTAL tasks of queue push with one tqd;
+# sets PUSH_RATE and PUSH_CPU (tqd's CPU µs per task).
+push_drain()
+{
+	local conf=$1 total=$2 pid t0 t1 done_n before deadline
+	before=$(q "$tdb" "SELECT count(*) FROM tq.history WHERE queue = 'push' AND state = 'succeeded'")
+	for i in $(seq 10); do
+		q "$tdb" "SELECT cardinality(tq_submit_many('push', array_fill('{\"n\":1}'::jsonb, ARRAY[$((total / 10))])))" \
+			>/dev/null || fail "could not submit to $tdb"
+	done
+	clean "$tdb"
+	t0=$(date +%s.%N)
+	"$tqd_bin" -c "$conf" 2>>"$conf.log" &
+	pid=$!
+	deadline=$((SECONDS + 300))
+	until [ "$(q "$tdb" "SELECT scheduled + ready + paused + running FROM tq_queue_stats WHERE queue = 'push'")" -eq 0 ]; do
+		[ $SECONDS -lt $deadline ] || fail "push: tasks still live after 300 s"
+		sleep 0.05
+	done
+	t1=$(date +%s.%N)
+	PUSH_CPU=$(awk -v n="$total" '{ printf "%.1f", ($14 + $15) * 10000 / n }' "/proc/$pid/stat")
+	kill -TERM "$pid"
+	wait "$pid" || fail "tqd (push) exited with an error; see $conf.log"
+	done_n=$(($(q "$tdb" "SELECT count(*) FROM tq.history WHERE queue = 'push' AND state = 'succeeded'") - before))
+	[ "$done_n" -eq "$total" ] || fail "push: $done_n of $total tasks succeeded"
+	PUSH_RATE=$(calc "$total / ($t1 - $t0)")
+	logonly "-> push ($conf): $total tasks in $(calc "$t1 - $t0") s: $PUSH_RATE tasks/s, tqd CPU $PUSH_CPU us/task"
+}
+q "$tdb" "SELECT tq_create_queue('push', backoff_base => '50 ms', backoff_cap => '500 ms')" >/dev/null
+start_httpd fast
+fast_pid=$HTTPD_PID
+push_conf "$tqd_work/push-fixed.conf" "$HTTPD_PORT" "adaptive = off"
+push_conf "$tqd_work/push-aimd.conf" "$HTTPD_PORT" ""
+logonly "tqd configuration (push, fixed window):"
+logonly "$(cat "$tqd_work/push-fixed.conf")"
+push_drain "$tqd_work/push-fixed.conf" 50000
+push_fixed=$PUSH_RATE
+push_fixed_cpu=$PUSH_CPU
+push_drain "$tqd_work/push-aimd.conf" 50000
+push_aimd=$PUSH_RATE
+push_aimd_cpu=$PUSH_CPU
+kill -TERM "$fast_pid"
+wait "$fast_pid" || true
+row2 "tqd push (http), 50 000 tasks, window fixed at 64" "$(fmt_rate "$push_fixed")" "$(fmt_rate "$tqd1")" \
+	"$(fmt_ratio "$(calc "$push_fixed / $tqd1")")" "- (reported; ref: noop, 1 tqd)" "-"
+row2 "tqd push (http), 50 000 tasks, adaptive (defaults)" "$(fmt_rate "$push_aimd")" "$(fmt_rate "$tqd1")" \
+	"$(fmt_ratio "$(calc "$push_aimd / $tqd1")")" "- (reported; ref: noop, 1 tqd)" "-"
+
+# The convergence trace: the window from the status lines, per 500 ms.
+start_httpd capped --capacity 20 --delay-ms 50 --log "$tqd_work/capped.log"
+capped_pid=$HTTPD_PID
+for f in 0.5 0.75; do
+	push_conf "$tqd_work/push-cap-$f.conf" "$HTTPD_PORT" "aimd_decrease = $f" info
+	push_drain "$tqd_work/push-cap-$f.conf" 6000
+done
+kill -TERM "$capped_pid"
+wait "$capped_pid" || true
+# trace F: "t window answers throttled" per status line while work was there.
+trace()
+{
+	awk '/msg="endpoint status"/ {
+		for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+		if (v["answers"] > 0 || v["in_flight"] > 0) { n++; printf "%.1f %s %s %s %s\n", n * 0.5, v["window"], v["answers"], v["throttled"], v["cuts"] }
+	}' "$tqd_work/push-cap-$1.conf.log"
+}
+trace 0.5 >"$tqd_work/trace-0.5"
+trace 0.75 >"$tqd_work/trace-0.75"
+# summary F: mean and range of the window after the first cut, throttled share after it.
+summary()
+{
+	awk '$5 > 0 { n++; s += $2; if (min == "" || $2 < min) min = $2; if ($2 > max) max = $2; a += $3; t += $4 }
+		END { printf "window after the first cut: mean %.1f, range %.2f-%.2f; throttled %.1f%% of %d answers", s / n, min, max, 100 * t / a, a }' \
+		"$tqd_work/trace-$1"
+}
+conv_05=$(summary 0.5)
+conv_075=$(summary 0.75)
+logonly "-> convergence, decrease 0.5: $conv_05"
+logonly "-> convergence, decrease 0.75: $conv_075"
+trace_05=$results/push-trace-0.5.txt
+trace_075=$results/push-trace-0.75.txt
+cp "$tqd_work/trace-0.5" "$trace_05"
+cp "$tqd_work/trace-0.75" "$trace_075"
+
 rm -rf "$tqd_work"
 drop_db "$tdb"
 
@@ -1351,6 +1483,14 @@ say "      after the run: $mixed_check."
 say "CPU cost: the server's CPU time (postmaster and children, /proc) per task or row; ratio: reference / measured."
 say "rate: $started tasks started in a $(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }") s window ($rate_tps lease calls/s); per whole second: $per_sec."
 say "submits at $submit_clients clients: in $worker_db; reference: INSERT into a copy of tq.task (LIKE ... INCLUDING ALL, no triggers), $submit_clients clients."
+say "push: tqd's CPU per task $push_fixed_cpu us (fixed), $push_aimd_cpu us (adaptive); noop's is in the log."
+say ""
+say "push mode, adaptive window against a server of capacity 20 (429 above it, 50 ms per request), 6 000 tasks:"
+say "  aimd_decrease 0.5 (default): $conv_05"
+say "  aimd_decrease 0.75:          $conv_075"
+say "  t (s)   window (0.5)  throttled/answers   window (0.75)  throttled/answers   (answers per 0.5 s; one row per second)"
+paste -d' ' <(awk '{ printf "%s %s %s/%s\n", $1, $2, $4, $3 }' "$trace_05") <(awk '{ printf "%s %s/%s\n", $2, $4, $3 }' "$trace_075") |
+	awk 'NR % 2 == 1 { printf "  %5s   %12s  %17s   %13s  %17s\n", $1, $2, $3, $4, $5 }' | head -40 | tee -a "$log"
 say "load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: other work on the machine is noise)."
 save_server_log
 say "raw pgbench output: $log"

@@ -44,6 +44,12 @@
 
 #define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
 
+/*
+ * Easy handles are reused (curl_easy_reset keeps their caches): making and
+ * freeing one per request was most of tqd's CPU per pushed task.
+ */
+#define HTTP_POOL 256
+
 typedef struct SockWatch
 {
 	struct SockWatch *next, *prev; /* HttpClient.socks */
@@ -58,6 +64,8 @@ struct HttpClient
 	ev_timer timer; /* curl's timeout */
 	HttpRequest *reqs;
 	SockWatch *socks;
+	CURL *pool[HTTP_POOL]; /* easy handles kept for reuse (reset) */
+	int npool;
 };
 
 struct HttpRequest
@@ -459,6 +467,8 @@ http_client_free(HttpClient *c)
 	while (c->reqs)
 		http_free(c->reqs);
 	curl_multi_cleanup(c->multi);
+	while (c->npool > 0)
+		curl_easy_cleanup(c->pool[--c->npool]);
 	while (c->socks)
 		free_sock(c, c->socks);
 	ev_timer_stop(c->loop, &c->timer);
@@ -474,7 +484,9 @@ http_start(HttpClient *c, const HttpSpec *spec, HttpDoneFn done, void *arg, char
 	CURLMcode mrc;
 	CURL *e;
 
-	if (r == NULL || (r->easy = curl_easy_init()) == NULL)
+	if (r != NULL)
+		r->easy = c->npool > 0 ? c->pool[--c->npool] : curl_easy_init();
+	if (r == NULL || r->easy == NULL)
 	{
 		free(r);
 		snprintf(err, errlen, "out of memory");
@@ -562,7 +574,13 @@ http_free(HttpRequest *r)
 	c = r->c;
 	if (r->added)
 		curl_multi_remove_handle(c->multi, r->easy);
-	curl_easy_cleanup(r->easy);
+	if (c->npool < HTTP_POOL)
+	{
+		curl_easy_reset(r->easy);
+		c->pool[c->npool++] = r->easy;
+	}
+	else
+		curl_easy_cleanup(r->easy);
 	curl_slist_free_all(r->headers);
 	if (r->prev)
 		r->prev->next = r->next;
