@@ -19,7 +19,9 @@
 #      every task succeeds.
 #   6. Quotas while AIMD moves: the queue's concurrency in tq (5) and a
 #      tenant's (2) hold -- the server never sees more in flight.
-#   7. SIGTERM while requests are in flight: they finish, tqd exits 0.
+#   7. tq_cancel of a task whose request is in flight: the request is
+#      aborted, the task cancelled.
+#   8. SIGTERM while requests are in flight: they finish, tqd exits 0.
 #
 # 013_http_sanitized.pl runs all of this again with tqd built with
 # AddressSanitizer and UBSan.
@@ -68,6 +70,7 @@ SELECT tq_create_queue('tlsca', max_attempts => 1);
 SELECT tq_create_queue('cap', backoff_base => '50 ms', backoff_cap => '200 ms');
 SELECT tq_create_queue('quota', concurrency => 5);
 SELECT tq_create_queue('tquota');
+SELECT tq_create_queue('hang');
 SELECT tq_set_tenant('tquota', 'small', concurrency => 2);
 });
 
@@ -227,6 +230,10 @@ handler = http
 url = $base/ok?delay_ms=200
 concurrency = 50
 aimd_initial = 50
+
+[queue:hang]
+handler = http
+url = $base/hang?hang_ms=20000
 EOF
 close($fh);
 
@@ -383,7 +390,16 @@ ok(poll(q{SELECT count(*) = 12 FROM tq.history WHERE queue = 'tquota' AND state 
 ok(defined $mx && $mx <= 2, "the server saw at most 2 at once (saw $mx): the tenant's quota held");
 
 # ---------------------------------------------------------------------------
-# 7. SIGTERM with requests in flight: they finish, then tqd exits 0.
+# 7. Cancel while the request is in flight.
+my $hang = sq(q{SELECT tq_submit('hang', '{}')});
+ok(poll("SELECT state = 'running' FROM tq_task($hang)", 30), 'a task whose endpoint hangs is running');
+my $c0 = time;
+sq("SELECT tq_cancel($hang)");
+ok(poll("SELECT state = 'cancelled' FROM tq_task($hang)", 30), 'tq_cancel: the request is aborted, the task cancelled');
+cmp_ok(time - $c0, '<', 10, '... long before the endpoint would have answered');
+
+# ---------------------------------------------------------------------------
+# 8. SIGTERM with requests in flight: they finish, then tqd exits 0.
 my @drain = map { sq(q{SELECT tq_submit('quota', '{}')}) } 1 .. 3;
 ok(poll("SELECT count(*) = 3 FROM unnest(ARRAY[" . join(',', @drain) . "]::bigint[]) i, tq_task(i) t WHERE t.state = 'running'", 30),
 	'three requests in flight');
