@@ -1214,30 +1214,40 @@ CONF
 logonly ""
 logonly "tqd configuration:"
 logonly "$(cat "$tqd_work/tqd.conf")"
+# submit_backlog QUEUE TOTAL: TOTAL tasks in 10 tq_submit_many calls.
+submit_backlog()
+{
+	for i in $(seq 10); do
+		q "$tdb" "SELECT cardinality(tq_submit_many('$1', array_fill('{\"n\":1}'::jsonb, ARRAY[$(($2 / 10))])))" \
+			>/dev/null || fail "could not submit to $tdb"
+	done
+	clean "$tdb"
+}
+# wait_drained QUEUE WHAT: waits until QUEUE has no live task.  Polls the
+# shared counters (a constant-time read): counting history every 50 ms
+# took a tenth of a core from the server being measured.
+wait_drained()
+{
+	local deadline=$((SECONDS + 300))
+	until [ "$(q "$tdb" "SELECT scheduled + ready + paused + running FROM tq_queue_stats WHERE queue = '$1'")" -eq 0 ]; do
+		[ $SECONDS -lt $deadline ] || fail "$2: tasks still live after 300 s"
+		sleep 0.05
+	done
+}
 # tqd_drain N: starts N tqd on the backlog, waits until it is drained;
 # sets TQD_RATE (tasks/s).
 TQD_RATE=0
 tqd_drain()
 {
-	local n=$1 total=100000 before pids=() i t0 t1 done_n deadline
+	local n=$1 total=100000 before pids=() i t0 t1 done_n
 	before=$(tq_done "$tdb")
-	for i in $(seq 10); do
-		q "$tdb" "SELECT cardinality(tq_submit_many('bench', array_fill('{\"n\":1}'::jsonb, ARRAY[$((total / 10))])))" \
-			>/dev/null || fail "could not submit to $tdb"
-	done
-	clean "$tdb"
+	submit_backlog bench "$total"
 	t0=$(date +%s.%N)
 	for i in $(seq "$n"); do
 		"$tqd_bin" -c "$tqd_work/tqd.conf" 2>>"$tqd_work/tqd-$n-$i.log" &
 		pids+=($!)
 	done
-	# Polls the shared counters (a constant-time read): counting history
-	# every 50 ms took a tenth of a core from the server being measured.
-	deadline=$((SECONDS + 300))
-	until [ "$(q "$tdb" "SELECT scheduled + ready + paused + running FROM tq_queue_stats WHERE queue = 'bench'")" -eq 0 ]; do
-		[ $SECONDS -lt $deadline ] || fail "tqd x$n: tasks still live after 300 s"
-		sleep 0.05
-	done
+	wait_drained bench "tqd x$n"
 	t1=$(date +%s.%N)
 	done_n=$(($(tq_done "$tdb") - before))
 	[ "$done_n" -eq "$total" ] || fail "tqd x$n: $done_n of $total tasks succeeded"
@@ -1380,21 +1390,13 @@ CONF
 # sets PUSH_RATE and PUSH_CPU (tqd's CPU µs per task).
 push_drain()
 {
-	local conf=$1 total=$2 pid t0 t1 done_n before deadline
+	local conf=$1 total=$2 pid t0 t1 done_n before
 	before=$(q "$tdb" "SELECT count(*) FROM tq.history WHERE queue = 'push' AND state = 'succeeded'")
-	for i in $(seq 10); do
-		q "$tdb" "SELECT cardinality(tq_submit_many('push', array_fill('{\"n\":1}'::jsonb, ARRAY[$((total / 10))])))" \
-			>/dev/null || fail "could not submit to $tdb"
-	done
-	clean "$tdb"
+	submit_backlog push "$total"
 	t0=$(date +%s.%N)
 	"$tqd_bin" -c "$conf" 2>>"$conf.log" &
 	pid=$!
-	deadline=$((SECONDS + 300))
-	until [ "$(q "$tdb" "SELECT scheduled + ready + paused + running FROM tq_queue_stats WHERE queue = 'push'")" -eq 0 ]; do
-		[ $SECONDS -lt $deadline ] || fail "push: tasks still live after 300 s"
-		sleep 0.05
-	done
+	wait_drained push push
 	t1=$(date +%s.%N)
 	PUSH_CPU=$(awk -v n="$total" '{ printf "%.1f", ($14 + $15) * 10000 / n }' "/proc/$pid/stat")
 	kill -TERM "$pid"

@@ -52,19 +52,9 @@ my $tqd = $ENV{TQ_TQD_BIN} // "$src/worker/tqd";
 my $sanitized = defined $ENV{TQ_TQD_BIN};
 my $handler = "$src/test/tap/handlers/task.pl";
 
-my $node = PostgreSQL::Test::Cluster->new('tqd');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'tq'
-tq.database = 'postgres'
-tq.worker_naptime = '200ms'
-tq.maintenance_interval = '1s'
-});
-$node->start;
+my $node = tq_node('tqd', '200ms');
 $node->safe_psql(
 	'postgres', q{
-CREATE EXTENSION tq;
 SELECT tq_create_queue('work', lease => '3 seconds', backoff_base => '10 ms', backoff_cap => '20 ms');
 SELECT tq_create_queue('short', max_attempts => 1, lease => '5 seconds');
 SELECT tq_create_queue('quick', lease => '30 seconds');

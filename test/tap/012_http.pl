@@ -44,19 +44,9 @@ my $sanitized = defined $ENV{TQ_TQD_BIN};
 my $httpd = "$src/worker/test/tqtest_httpd";
 -x $httpd or BAIL_OUT("$httpd is not built (make -C worker check)");
 
-my $node = PostgreSQL::Test::Cluster->new('http');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'tq'
-tq.database = 'postgres'
-tq.worker_naptime = '100ms'
-tq.maintenance_interval = '1s'
-});
-$node->start;
+my $node = tq_node('http', '100ms');
 $node->safe_psql(
 	'postgres', q{
-CREATE EXTENSION tq;
 SELECT tq_create_queue('echo');
 SELECT tq_create_queue('echoput');
 SELECT tq_create_queue('plain');

@@ -2,6 +2,8 @@
 # tests (010, 012 and their sanitized runs), so that each test file only
 # says what it tests.
 #
+#   tq_node($name, $naptime)  a started cluster with tq preloaded, the
+#                             worker on database postgres, CREATE EXTENSION tq
 #   TqdHarness::setup(node => $node, dir => $dir, tqd => $bin,
 #                     sanitized => $bool, env => { NAME => value, ... });
 #   start_tqd($name, $conf)   fork + exec tqd -c $conf, output in $dir/$name.log
@@ -21,15 +23,33 @@ use warnings;
 
 use Exporter 'import';
 use POSIX ();
+use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
+our @EXPORT = qw(tq_node start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
   no_sanitizer_reports);
 
 my %opt;
 my %procs;
+
+sub tq_node
+{
+	my ($name, $naptime) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf(
+		'postgresql.conf', qq{
+shared_preload_libraries = 'tq'
+tq.database = 'postgres'
+tq.worker_naptime = '$naptime'
+tq.maintenance_interval = '1s'
+});
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION tq');
+	return $node;
+}
 
 sub setup
 {

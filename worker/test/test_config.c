@@ -791,6 +791,38 @@ test_misc(void)
 	ok(1, "config_free(NULL) and free_argv(NULL) are no-ops");
 }
 
+/* Lines added to an http queue (at line 4) and the error each must give. */
+static const struct
+{
+	const char *lines;
+	const char *want;
+	const char *what;
+} refused[] = {
+	{"headers = X-TQ-Task-Id: 5",
+	 ":4: key \"headers\": header \"X-TQ-Task-Id\" cannot be set: tqd sets it for each request",
+	 "X-TQ- headers are tqd's"},
+	{"headers = X-A: 1\n  Content-Length: 5",
+	 ":4: key \"headers\": header \"Content-Length\" cannot be set: tqd sets it for each request",
+	 "Content-Length is curl's"},
+	{"headers = no colon here",
+	 ":4: key \"headers\": invalid header \"no colon here\": expected \"Name: value\"",
+	 "a header without a colon"},
+	{"ca_file = /nonexistent/ca.pem",
+	 ":4: key \"ca_file\": cannot read \"/nonexistent/ca.pem\": No such file or directory",
+	 "an unreadable CA file"},
+	{"method = GET", ":4: key \"method\": invalid value \"GET\": expected POST, PUT or PATCH",
+	 "GET is refused (the payload is never in the URL)"},
+	{"aimd_decrease = 1.5", ":4: key \"aimd_decrease\": 1.5 is out of range (0.05 to 0.95)",
+	 "decrease out of range"},
+	{"aimd_throttle_rate = half",
+	 ":4: key \"aimd_throttle_rate\": invalid value \"half\": expected a number such as 0.5, 0 "
+	 "to 1",
+	 "rate not a number"},
+	{"aimd_min = 10",
+	 ":4: key \"aimd_min\": 10 is above concurrency (4): the window never goes above that",
+	 "aimd_min above concurrency"},
+};
+
 /* The http handler's keys: defaults, header lines, and what is refused. */
 static void
 test_http(void)
@@ -854,42 +886,11 @@ test_http(void)
 	c = load_text(text, NULL, 0);
 	ok(c == NULL, "a URL with a blank is refused");
 	config_free(c);
-	snprintf(text, sizeof(text), "%sheaders = X-TQ-Task-Id: 5\n", q);
-	fails_with(text,
-			   ":4: key \"headers\": header \"X-TQ-Task-Id\" cannot be set: tqd sets it "
-			   "for each request",
-			   "X-TQ- headers are tqd's");
-	snprintf(text, sizeof(text), "%sheaders = X-A: 1\n  Content-Length: 5\n", q);
-	fails_with(text,
-			   ":4: key \"headers\": header \"Content-Length\" cannot be set: tqd sets it "
-			   "for each request",
-			   "Content-Length is curl's");
-	snprintf(text, sizeof(text), "%sheaders = no colon here\n", q);
-	fails_with(text,
-			   ":4: key \"headers\": invalid header \"no colon here\": expected \"Name: "
-			   "value\"",
-			   "a header without a colon");
-	snprintf(text, sizeof(text), "%sca_file = /nonexistent/ca.pem\n", q);
-	fails_with(text,
-			   ":4: key \"ca_file\": cannot read \"/nonexistent/ca.pem\": No such file or "
-			   "directory",
-			   "an unreadable CA file");
-	snprintf(text, sizeof(text), "%smethod = GET\n", q);
-	fails_with(text, ":4: key \"method\": invalid value \"GET\": expected POST, PUT or PATCH",
-			   "GET is refused (the payload is never in the URL)");
-	snprintf(text, sizeof(text), "%saimd_decrease = 1.5\n", q);
-	fails_with(text, ":4: key \"aimd_decrease\": 1.5 is out of range (0.05 to 0.95)",
-			   "decrease out of range");
-	snprintf(text, sizeof(text), "%saimd_throttle_rate = half\n", q);
-	fails_with(text,
-			   ":4: key \"aimd_throttle_rate\": invalid value \"half\": expected a number "
-			   "such as 0.5, 0 to 1",
-			   "rate not a number");
-	snprintf(text, sizeof(text), "%saimd_min = 10\n", q);
-	fails_with(text,
-			   ":4: key \"aimd_min\": 10 is above concurrency (4): the window never goes "
-			   "above that",
-			   "aimd_min above concurrency");
+	for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+	{
+		snprintf(text, sizeof(text), "%s%s\n", q, refused[i].lines);
+		fails_with(text, refused[i].want, refused[i].what);
+	}
 	fails_with("[queue:e]\nhandler = exec\ncommand = /bin/true\nurl = http://x/\n",
 			   ":4: key \"url\": only for handler http (this queue's is exec)",
 			   "url under exec is refused");
