@@ -139,6 +139,7 @@ PG_FUNCTION_INFO_V1(tq_held_next);
 PG_FUNCTION_INFO_V1(tq_shared_counts);
 PG_FUNCTION_INFO_V1(tq_policy_changed);
 PG_FUNCTION_INFO_V1(tq_reset_shared);
+PG_FUNCTION_INFO_V1(tq_activity);
 
 #define TQ_TENANT_MAX 200 /* tq.check_label's limit for tenants */
 #define TQ_MAX_DBS 64     /* databases with tq state at once */
@@ -150,6 +151,12 @@ PG_FUNCTION_INFO_V1(tq_reset_shared);
 #define ST_RUNNING 3
 #define NSTATES 4
 static const char *const state_names[NSTATES] = {"scheduled", "ready", "paused", "running"};
+
+/* Activity counted per queue and minute (tq_queue_activity). */
+#define ACT_MINUTES 15
+#define ACT_KINDS 4
+/* kinds: TQ_ACT_SUCCEEDED, _FAILED (an attempt failed, the task will be
+ * tried again), _DEAD, _OTHER (cancelled or expired), in tq.h */
 
 #define KIND_QUEUE 0
 #define KIND_NULL_TENANT 1
@@ -191,6 +198,9 @@ typedef struct FairEntry
 	int64 floor_id;     /* (floor_key, floor_id) in (vkey, id) order */
 	double low_acc;     /* lowest key lowered since floor_epoch began */
 	uint32 floor_epoch; /* bumped at every raise attempt that may succeed */
+	/* queues: what happened per minute, the last ACT_MINUTES minutes */
+	int32 act_minute[ACT_MINUTES];     /* the minute each slot counts */
+	int32 act[ACT_MINUTES][ACT_KINDS]; /* ACT_* per minute */
 } FairEntry;
 
 #define DB_EMPTY 0
@@ -580,6 +590,91 @@ static void fair_xact_callback(XactEvent event, void *arg);
 static void fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								  SubTransactionId parentSubid, void *arg);
 
+/*
+ * Activity of this transaction per queue, added to the queue entries'
+ * minute slots at commit (dropped at abort; an aborted subtransaction's
+ * is kept: these are rates for people, not quotas).  A transaction that
+ * touches more than MAX_PENDING_ACT queues counts only the first ones.
+ */
+#define MAX_PENDING_ACT 32
+typedef struct PendingAct
+{
+	char queue[NAMEDATALEN];
+	int32 n[ACT_KINDS];
+} PendingAct;
+static PendingAct pending_act[MAX_PENDING_ACT];
+static int npending_act = 0;
+
+static void
+ensure_callbacks(void)
+{
+	if (!local_callbacks)
+	{
+		RegisterXactCallback(fair_xact_callback, NULL);
+		RegisterSubXactCallback(fair_subxact_callback, NULL);
+		local_callbacks = true;
+	}
+}
+
+void
+tq_fair_note_activity(const char *queue, int kind, int n)
+{
+	int i;
+
+	ensure_callbacks();
+	for (i = 0; i < npending_act; i++)
+		if (strcmp(pending_act[i].queue, queue) == 0)
+			break;
+	if (i == npending_act)
+	{
+		if (npending_act == MAX_PENDING_ACT)
+			return;
+		memset(&pending_act[i], 0, sizeof(PendingAct));
+		strlcpy(pending_act[i].queue, queue, NAMEDATALEN);
+		npending_act++;
+	}
+	pending_act[i].n[kind] += n;
+}
+
+static int32
+minute_now(void)
+{
+	return (int32) (GetCurrentTimestamp() / (USECS_PER_SEC * 60));
+}
+
+/* At commit: the transaction's activity into the queues' minute slots. */
+static void
+apply_activity(void)
+{
+	int32 minute = minute_now();
+	int slot = minute % ACT_MINUTES;
+
+	if (npending_act == 0 || fair == NULL)
+		return;
+	LWLockAcquire(fair->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < npending_act; i++)
+	{
+		FairKey k;
+		FairEntry *e;
+
+		memset(&k, 0, sizeof(k));
+		k.dboid = MyDatabaseId;
+		k.kind = KIND_QUEUE;
+		strlcpy(k.queue, pending_act[i].queue, NAMEDATALEN);
+		e = hash_search(fair_hash, &k, HASH_FIND, NULL);
+		if (e == NULL)
+			continue;
+		if (e->act_minute[slot] != minute)
+		{
+			e->act_minute[slot] = minute;
+			memset(e->act[slot], 0, sizeof(e->act[slot]));
+		}
+		for (int j = 0; j < ACT_KINDS; j++)
+			e->act[slot][j] += pending_act[i].n[j];
+	}
+	LWLockRelease(fair->lock);
+}
+
 static void
 acct_init(LocalAcct *a)
 {
@@ -598,12 +693,7 @@ local_slot(const FairKey *fk)
 	bool found;
 	LocalAcct *a;
 
-	if (!local_callbacks)
-	{
-		RegisterXactCallback(fair_xact_callback, NULL);
-		RegisterSubXactCallback(fair_subxact_callback, NULL);
-		local_callbacks = true;
-	}
+	ensure_callbacks();
 	if (local_acct == NULL)
 	{
 		HASHCTL info;
@@ -793,6 +883,8 @@ fair_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			settle(true, InvalidSubTransactionId);
 			settle_invalidations();
+			apply_activity();
+			npending_act = 0;
 			local_reset();
 			break;
 		case XACT_EVENT_ABORT:
@@ -800,6 +892,7 @@ fair_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			settle(false, InvalidSubTransactionId);
 			settle_invalidations();
+			npending_act = 0;
 			local_reset();
 			break;
 		default:
@@ -1229,11 +1322,17 @@ lock_entries(const char *queue, const char *tenant, bool want_tenant, FairEntry 
 typedef struct TaskCols
 {
 	Oid relid;
+	int natts; /* a column added by an update (trace) is noticed */
 	int att_state, att_queue, att_tenant, att_priority, att_vkey;
+	/* for the trace; att_trace <= 0 before the 0.5.0 update added it */
+	int att_trace, att_attempt, att_worker, att_run_at, att_submitted_at, att_started_at,
+		att_last_error, att_throttles;
 	Oid state_oid[NSTATES];
 } TaskCols;
 
 static TaskCols cols;
+
+static char *row_text(HeapTuple tup, TupleDesc td, int att);
 
 static void
 init_cols(Relation rel)
@@ -1241,7 +1340,7 @@ init_cols(Relation rel)
 	TupleDesc td = RelationGetDescr(rel);
 	Oid enumtype;
 
-	if (cols.relid == RelationGetRelid(rel))
+	if (cols.relid == RelationGetRelid(rel) && cols.natts == td->natts)
 		return;
 	cols.att_state = SPI_fnumber(td, "state");
 	cols.att_queue = SPI_fnumber(td, "queue");
@@ -1252,6 +1351,18 @@ init_cols(Relation rel)
 		cols.att_priority <= 0 || cols.att_vkey <= 0)
 		elog(ERROR, "tq.task_row: table \"%s\" lacks a column of tq.task",
 			 RelationGetRelationName(rel));
+	cols.att_trace = SPI_fnumber(td, "trace");
+	cols.att_attempt = SPI_fnumber(td, "attempt");
+	cols.att_worker = SPI_fnumber(td, "worker");
+	cols.att_run_at = SPI_fnumber(td, "run_at");
+	cols.att_submitted_at = SPI_fnumber(td, "submitted_at");
+	cols.att_started_at = SPI_fnumber(td, "started_at");
+	cols.att_last_error = SPI_fnumber(td, "last_error");
+	cols.att_throttles = SPI_fnumber(td, "throttles");
+	if (cols.att_attempt <= 0 || cols.att_worker <= 0 || cols.att_run_at <= 0 ||
+		cols.att_submitted_at <= 0 || cols.att_started_at <= 0 || cols.att_last_error <= 0 ||
+		cols.att_throttles <= 0)
+		cols.att_trace = 0; /* not the shape the trace needs: no trace */
 	enumtype = TupleDescAttr(td, cols.att_state - 1)->atttypid;
 	for (int s = 0; s < NSTATES; s++)
 	{
@@ -1262,6 +1373,39 @@ init_cols(Relation rel)
 			elog(ERROR, "tq.task_row: state type lacks label \"%s\"", state_names[s]);
 	}
 	cols.relid = RelationGetRelid(rel);
+	cols.natts = td->natts;
+}
+
+/*
+ * The trace of a task leaving running for ready (handed back) or
+ * scheduled (to be tried again: throttled if it used a free attempt): the
+ * attempt that ended, from the old row (trace.c).
+ */
+static Datum
+trace_leave(HeapTuple oldt, HeapTuple newt, TupleDesc desc, bool to_ready, bool *isnull)
+{
+	bool tnull, n;
+	Datum trace = heap_getattr(newt, cols.att_trace, desc, &tnull);
+	int32 attempt = DatumGetInt32(heap_getattr(oldt, cols.att_attempt, desc, &n));
+	TimestampTz run_at = DatumGetTimestampTz(heap_getattr(oldt, cols.att_run_at, desc, &n));
+	TimestampTz submitted =
+		DatumGetTimestampTz(heap_getattr(oldt, cols.att_submitted_at, desc, &n));
+	Datum started = heap_getattr(oldt, cols.att_started_at, desc, &n);
+	TimestampTz now = GetCurrentTransactionStartTimestamp();
+	const char *outcome;
+
+	if (to_ready)
+		outcome = "released";
+	else if (DatumGetInt32(heap_getattr(newt, cols.att_throttles, desc, &n)) >
+			 DatumGetInt32(heap_getattr(oldt, cols.att_throttles, desc, &n)))
+		outcome = "throttled";
+	else
+		outcome = "failed";
+	*isnull = false;
+	return tq_trace_append(trace, tnull, attempt, Max(run_at, submitted),
+						   n ? now : DatumGetTimestampTz(started),
+						   row_text(oldt, desc, cols.att_worker), now, outcome,
+						   to_ready ? NULL : row_text(newt, desc, cols.att_last_error));
 }
 
 static int
@@ -1519,6 +1663,8 @@ tq_task_row(PG_FUNCTION_ARGS)
 	LWLockRelease(fair->lock);
 
 	/* Local accounting (allocates; outside the lock). */
+	if (olds == ST_RUNNING && news == ST_SCHEDULED)
+		tq_fair_note_activity(queue, TQ_ACT_FAILED, 1);
 	account(qe, news, 1);
 	account(te, news, 1);
 	account(qe, olds, -1);
@@ -1554,13 +1700,30 @@ tq_task_row(PG_FUNCTION_ARGS)
 		parked_in_xact++;
 		return PointerGetDatum(heap_modify_tuple_by_cols(oldt, desc, 1, &c, &v, &n));
 	}
-	if (action == SET_KEY || action == CLEAR_KEY)
 	{
-		Datum v = Float8GetDatum(key);
-		bool n = action == CLEAR_KEY;
-		int c = cols.att_vkey;
+		/* Columns to change in the new row: the dispatch key, the trace. */
+		int c[2];
+		Datum v[2];
+		bool n[2];
+		int nc = 0;
 
-		return PointerGetDatum(heap_modify_tuple_by_cols(newt, desc, 1, &c, &v, &n));
+		if (action == SET_KEY || action == CLEAR_KEY)
+		{
+			c[nc] = cols.att_vkey;
+			v[nc] = Float8GetDatum(key);
+			n[nc++] = action == CLEAR_KEY;
+		}
+		if (cols.att_trace > 0 && oldt && newt)
+		{
+			if (olds == ST_RUNNING && (news == ST_READY || news == ST_SCHEDULED))
+			{
+				c[nc] = cols.att_trace;
+				v[nc] = trace_leave(oldt, newt, desc, news == ST_READY, &n[nc]);
+				nc++;
+			}
+		}
+		if (nc > 0)
+			return PointerGetDatum(heap_modify_tuple_by_cols(newt, desc, nc, c, v, n));
 	}
 	return PointerGetDatum(newt ? newt : oldt);
 }
@@ -2002,4 +2165,69 @@ tq_reset_shared(PG_FUNCTION_ARGS)
 	LWLockRelease(fair->lock);
 	cols.relid = InvalidOid;
 	PG_RETURN_VOID();
+}
+
+/*
+ * tq.activity(minutes integer) returns setof (queue text, succeeded
+ * bigint, failed bigint, dead bigint, other bigint)
+ *
+ * Per queue of this database, what happened in the last `minutes` minutes
+ * (the current minute included; at most ACT_MINUTES), from shared memory:
+ * tasks finished succeeded, dead, cancelled or expired, and attempts that
+ * failed and will be retried.  Counted since the server started.
+ */
+Datum
+tq_activity(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int minutes = PG_GETARG_INT32(0);
+	int32 now_minute = minute_now();
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+	typedef struct
+	{
+		char queue[NAMEDATALEN];
+		int64 n[ACT_KINDS];
+	} Row;
+	Row *rows;
+	int nrows = 0, cap;
+
+	if (minutes < 1 || minutes > ACT_MINUTES)
+		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						errmsg("minutes must be between 1 and %d", ACT_MINUTES),
+						errhint("Shared memory keeps the last %d minutes.", ACT_MINUTES)));
+	ensure_ready();
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(fair->lock, LW_SHARED);
+	cap = hash_get_num_entries(fair_hash) + 1;
+	rows = palloc0(sizeof(Row) * cap);
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+	{
+		if (e->key.dboid != MyDatabaseId || e->key.kind != KIND_QUEUE)
+			continue;
+		if (nrows == cap)
+		{
+			hash_seq_term(&seq);
+			break;
+		}
+		strlcpy(rows[nrows].queue, e->key.queue, NAMEDATALEN);
+		for (int m = 0; m < ACT_MINUTES; m++)
+			if (e->act_minute[m] > now_minute - minutes && e->act_minute[m] <= now_minute)
+				for (int j = 0; j < ACT_KINDS; j++)
+					rows[nrows].n[j] += e->act[m][j];
+		nrows++;
+	}
+	LWLockRelease(fair->lock);
+	for (int i = 0; i < nrows; i++)
+	{
+		Datum v[1 + ACT_KINDS];
+		bool nulls[1 + ACT_KINDS] = {0};
+
+		v[0] = CStringGetTextDatum(rows[i].queue);
+		for (int j = 0; j < ACT_KINDS; j++)
+			v[1 + j] = Int64GetDatum(rows[i].n[j]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+	}
+	return (Datum) 0;
 }

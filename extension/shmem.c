@@ -107,6 +107,7 @@ tq_shmem_request(void)
 	RequestNamedLWLockTranche("tq rate", 1);
 	RequestAddinShmemSpace(tq_fair_shmem_size());
 	RequestNamedLWLockTranche("tq fair", 1);
+	RequestAddinShmemSpace(tq_wait_shmem_size());
 }
 
 static void
@@ -127,6 +128,7 @@ tq_shmem_startup(void)
 	}
 	tq_rate_shmem_init();
 	tq_fair_shmem_init();
+	tq_wait_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

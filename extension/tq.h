@@ -12,6 +12,8 @@
  *	 worker.c	the background worker
  *	 ratelimit.c	token buckets for tq_rate_consume
  *	 fair.c		fair dispatch, limits, quotas and counters (tq.task trigger)
+ *	 wait.c		tq_wait: sleeping until a task finishes
+ *	 trace.c	per-attempt traces (tq.task.trace)
  *
  *-------------------------------------------------------------------------
  */
@@ -70,5 +72,15 @@ extern Size tq_rate_shmem_size(void);
 extern void tq_rate_shmem_init(void);
 extern Size tq_fair_shmem_size(void);
 extern void tq_fair_shmem_init(void);
+extern Datum tq_trace_append(Datum trace, bool trace_null, int32 attempt, TimestampTz ready_at,
+							 TimestampTz leased_at, const char *worker, TimestampTz ended_at,
+							 const char *outcome, const char *error);
+extern void tq_fair_note_activity(const char *queue, int kind, int n);
+#define TQ_ACT_SUCCEEDED 0
+#define TQ_ACT_FAILED 1
+#define TQ_ACT_DEAD 2
+#define TQ_ACT_OTHER 3
+extern Size tq_wait_shmem_size(void);
+extern void tq_wait_shmem_init(void);
 
 #endif /* TQ_H */

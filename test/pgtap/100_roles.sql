@@ -172,18 +172,19 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
     'every SECURITY DEFINER function is owned by the extension''s owner');
 -- Internal helpers run under the calling API function's pinned search_path
 -- (they carry no SET of their own, see the install script), which is safe
--- only as long as nobody else can call them.  The one exception is
--- tq.shared_counts(): the live views (tq_queue_stats, tq_tenants) call it
--- as the reader, so the tq roles must be able to execute it; it is
--- SECURITY DEFINER with a pinned search_path (checked above) and only reads.
+-- only as long as nobody else can call them.  The exceptions are
+-- tq.shared_counts() and tq.activity(): the live views (tq_queue_stats,
+-- tq_tenants, tq_queue_activity) call them as the reader, so the tq roles
+-- must be able to execute them; they are SECURITY DEFINER with a pinned
+-- search_path (checked above) and only read shared memory.
 SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
                  WHERE p.pronamespace = 'tq'::regnamespace
                    AND (has_function_privilege('public', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_producer', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
-                 ORDER BY 1), ARRAY['tq.shared_counts()'],
-    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.shared_counts() for the live views');
+                 ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.shared_counts()'],
+    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.activity() and tq.shared_counts() for the live views');
 SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_counts()'::regprocedure)
           AND NOT has_function_privilege('public', 'tq.shared_counts()', 'EXECUTE'),
     'tq.shared_counts() is SECURITY DEFINER and not executable by PUBLIC');

@@ -55,7 +55,7 @@ sub setup
 {
 	%opt = @_;
 	$opt{env} //= {};
-	-x $opt{tqd} or BAIL_OUT("$opt{tqd} is not built (make -C worker)");
+	!defined $opt{tqd} or -x $opt{tqd} or BAIL_OUT("$opt{tqd} is not built (make -C worker)");
 	return;
 }
 
