@@ -1518,40 +1518,63 @@ heartbeat_every(Daemon *d)
 	return shortest / 3 < 1.0 ? 1.0 : shortest / 3;
 }
 
+/*
+ * A heartbeat on its way: the (id, attempt) pairs it extends.  An answer
+ * names only ids, and by the time it comes a task may have been reported,
+ * retried and leased again by this tqd under the same id: only the attempt
+ * sent may be stopped (a lost-lease answer about attempt 1 once stopped
+ * attempt 2 of the same task, which then ran out its lease).
+ */
+typedef struct HbCall
+{
+	Daemon *d;
+	int n;
+	long long *ids;
+	int *attempts;
+} HbCall;
+
 static void
 heartbeat_result(PgConn *c, const PGresult *res, void *arg)
 {
-	Daemon *d = arg;
+	HbCall *hc = arg;
+	Daemon *d = hc->d;
 
 	d->heartbeats--;
-	if (res == NULL)
-		return;
-	if (PQresultStatus(res) != PGRES_TUPLES_OK)
-	{
+	if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK)
 		tlog(LOG_WARNING, "tq_heartbeat failed", "error=%s sqlstate=%s", kvq(pgc_error(res)),
 			 pgc_sqlstate(res));
-		return;
-	}
-	for (int i = 0; i < PQntuples(res); i++)
+	else if (res != NULL)
 	{
-		Task *t = find_task(d, atoll(PQgetvalue(res, i, 0)));
-		const char *reason = PQgetvalue(res, i, 1);
+		for (int i = 0; i < PQntuples(res); i++)
+		{
+			long long id = atoll(PQgetvalue(res, i, 0));
+			const char *reason = PQgetvalue(res, i, 1);
+			int attempt = -1;
+			Task *t;
 
-		if (t == NULL)
-			continue;
-		if (strcmp(reason, "cancelled") == 0)
-		{
-			tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d", t->id,
-				 kvq(t->queue->name), t->attempt);
-			stop_task(t, REPORT_RELEASE);
-		}
-		else
-		{
-			tlog(LOG_WARNING, "lease lost: stopping the task", "task=%lld queue=%s attempt=%d",
-				 t->id, kvq(t->queue->name), t->attempt);
-			stop_task(t, REPORT_DROP);
+			for (int k = 0; k < hc->n; k++)
+				if (hc->ids[k] == id)
+					attempt = hc->attempts[k];
+			t = find_task(d, id);
+			if (t == NULL || t->attempt != attempt)
+				continue; /* gone, or a later attempt of the task */
+			if (strcmp(reason, "cancelled") == 0)
+			{
+				tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d",
+					 t->id, kvq(t->queue->name), t->attempt);
+				stop_task(t, REPORT_RELEASE);
+			}
+			else
+			{
+				tlog(LOG_WARNING, "lease lost: stopping the task", "task=%lld queue=%s attempt=%d",
+					 t->id, kvq(t->queue->name), t->attempt);
+				stop_task(t, REPORT_DROP);
+			}
 		}
 	}
+	free(hc->ids);
+	free(hc->attempts);
+	free(hc);
 }
 
 static void
@@ -1562,6 +1585,7 @@ hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	size_t len, io = 0, ao = 0;
 	char *ids, *atts;
 	const char *params[3];
+	HbCall *hc;
 
 	for (Task *t = d->tasks; t; t = t->next)
 		n++;
@@ -1577,14 +1601,19 @@ hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	len = (size_t) n * 22 + 3;
 	ids = xcalloc(1, len);
 	atts = xcalloc(1, len);
+	hc = xcalloc(1, sizeof(HbCall));
+	hc->d = d;
+	hc->ids = xcalloc((size_t) n, sizeof(long long));
+	hc->attempts = xcalloc((size_t) n, sizeof(int));
 	ids[io++] = '{';
 	atts[ao++] = '{';
-	n = 0;
 	for (Task *t = d->tasks; t; t = t->next)
 	{
-		num_array(ids, len, &io, t->id, n == 0);
-		num_array(atts, len, &ao, t->attempt, n == 0);
-		n++;
+		num_array(ids, len, &io, t->id, hc->n == 0);
+		num_array(atts, len, &ao, t->attempt, hc->n == 0);
+		hc->ids[hc->n] = t->id;
+		hc->attempts[hc->n] = t->attempt;
+		hc->n++;
 	}
 	ids[io] = '}';
 	atts[ao] = '}';
@@ -1592,8 +1621,14 @@ hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	params[1] = ids;
 	params[2] = atts;
 	if (pgc_send(d->work, "SELECT id, reason FROM tq_heartbeat($1, $2::bigint[], $3::integer[])", 3,
-				 params, heartbeat_result, d))
+				 params, heartbeat_result, hc))
 		d->heartbeats++;
+	else
+	{
+		free(hc->ids);
+		free(hc->attempts);
+		free(hc);
+	}
 	free(ids);
 	free(atts);
 }
