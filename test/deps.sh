@@ -10,7 +10,7 @@
 #   libinih-dev                            tqd's INI config parser
 #   libjansson-dev                         tqd's JSON (results, outcome batches)
 #   libcurl4-openssl-dev                   tqd's http handler (curl's multi interface)
-#   libmicrohttpd-dev                      the HTTP server of the http handler's tests
+#   libmicrohttpd-dev                      tqd's /metrics endpoint, and the tests' HTTP server
 #   openssl                                makes the TLS test's self-signed certificate
 #   postgresql-15-pgtap                    the pgTAP extension
 #   libtap-parser-sourcehandler-pgtap-perl pg_prove

@@ -19,6 +19,8 @@
 #      every task succeeds.
 #   6. Quotas while AIMD moves: the queue's concurrency in tq (5) and a
 #      tenant's (2) hold -- the server never sees more in flight.
+#   5b. /metrics scraped during and after that run: its counters agree
+#      with the database and with the server's own log; /healthz, /readyz.
 #   7. tq_cancel of a task whose request is in flight: the request is
 #      aborted, the task cancelled.
 #   8. SIGTERM while requests are in flight: they finish, tqd exits 0.
@@ -154,6 +156,7 @@ flush_interval = 5ms
 poll_interval = 200ms
 drain_timeout = 10s
 status_interval = 100ms
+metrics_listen = 127.0.0.1:0
 log_level = info
 
 [queue:echo]
@@ -303,8 +306,36 @@ ok(poll("SELECT state = 'succeeded' FROM tq_task($tlsca)", 30), 'with ca_file tr
 
 # ---------------------------------------------------------------------------
 # 5. Adaptive concurrency against capacity 20.
+# /metrics: the port tqd logged (metrics_listen = 127.0.0.1:0).
+my ($mport) = tqd_log('a') =~ /serving \/metrics.* port=(\d+)/;
+ok($mport, "tqd serves /metrics (port $mport)");
+sub scrape
+{
+	my $path = shift // 'metrics';
+	my $out = '';
+	IPC::Run::run([ 'curl', '-s', '-w', '\n%{http_code}', "http://127.0.0.1:$mport/$path" ], '>', \$out);
+	return $out;
+}
+# metric NAME LABELS-REGEX TEXT: the value of the one sample that matches.
+sub metric
+{
+	my ($text, $name, $labels) = @_;
+	my ($v) = $text =~ /^\Q$name\E\{$labels\} (\S+)$/m;
+	return $v;
+}
+
 my $t0 = time;
 sq(q{SELECT count(tq_submit('cap', jsonb_build_object('n', g))) FROM generate_series(1, 1000) g});
+# A scrape while it runs.
+ok(poll(q{SELECT count(*) > 100 FROM tq.history WHERE queue = 'cap'}, 60), 'the capacity run is under way');
+my $mid = scrape();
+my $mid_running = metric($mid, 'tqd_tasks_running', 'queue="cap"');
+ok(defined $mid_running && $mid_running <= 50, "during the run: tqd_tasks_running{queue=\"cap\"} = $mid_running, within the queue's concurrency");
+my $mid_done = metric($mid, 'tqd_tasks_finished_total', 'queue="cap",outcome="succeeded"');
+my $db_done = sq(q{SELECT count(*) FROM tq.history WHERE queue = 'cap'});
+ok(defined $mid_done && $mid_done >= 100 && $mid_done <= $db_done + 50,
+	"during the run: succeeded so far $mid_done, database $db_done (reported in batches)");
+like(metric($mid, 'tqd_http_window', 'url="[^"]*' . $capped . '/ok"') // '', qr/^\d+\.\d\d$/, 'the window is exported');
 ok(poll(q{SELECT count(*) = 1000 FROM tq.history WHERE queue = 'cap' AND state = 'succeeded'}, 120),
 	'1 000 tasks against capacity 20: every one succeeded');
 my $t1 = time;
@@ -350,6 +381,34 @@ my $max_inflight = 0;
 $_->{inflight} > $max_inflight and $max_inflight = $_->{inflight} for @cap_req;
 cmp_ok($max_inflight, '<=', 50, "the server never had more in flight than the queue's concurrency (50)");
 like(tqd_log('a'), qr/msg="endpoint throttled: window cut" url=\S+:$capped\/ok/, 'the cuts are logged');
+
+# The counters after the run, against the database and the server's log.
+my $end = scrape();
+is(metric($end, 'tqd_tasks_finished_total', 'queue="cap",outcome="succeeded"'),
+	sq(q{SELECT count(*) FROM tq.history WHERE queue = 'cap' AND state = 'succeeded'}),
+	'tqd_tasks_finished_total{outcome="succeeded"} equals the succeeded tasks in the database (1 000)');
+my $srv429 = grep { $_->{status} eq '429' } @cap_req;
+is(metric($end, 'tqd_tasks_finished_total', 'queue="cap",outcome="throttled"'), $srv429,
+	"... throttled equals the server's 429 answers ($srv429)");
+is(metric($end, 'tqd_http_throttled_total', 'url="[^"]*' . $capped . '/ok"'), $srv429, '... and so does tqd_http_throttled_total');
+is(metric($end, 'tqd_tasks_started_total', 'queue="cap"'), scalar(@cap_req),
+	'tqd_tasks_started_total equals the requests the server saw');
+is(metric($end, 'tqd_http_answers_total', 'url="[^"]*' . $capped . '/ok"'), scalar(@cap_req), '... and the answers');
+like($end, qr/^tqd_lease_seconds_count [1-9]\d*$/m, 'the lease round-trip histogram has observations');
+{
+	# The backlog is read every poll_interval (200 ms here): wait for a fresh one.
+	my $deadline = time + 10;
+	my $ready;
+	while (time < $deadline)
+	{
+		$ready = metric(scrape(), 'tq_queue_tasks', 'queue="cap",state="ready"');
+		last if defined $ready && $ready eq '0';
+		usleep(100_000);
+	}
+	is($ready, '0', "the queue's backlog from tq_queue_stats: none left");
+}
+like(scrape('healthz'), qr/^ok\s+200$/, '/healthz: 200');
+like(scrape('readyz'), qr/^ready\s+200$/, '/readyz: 200 while the database is reachable');
 
 # ---------------------------------------------------------------------------
 # 6. tq's quotas hold while the window is wide open (initial = concurrency = 50).

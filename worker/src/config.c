@@ -160,6 +160,9 @@ static const KeyDef keys[] = {
 	G(status_interval, KT_DURATION, "1min", 10 * MS, 24 * HOUR, .flags = KF_ZERO_OK,
 	  .desc = "A status line per http endpoint (window, in flight, answers, throttled) "
 			  "this often; 0 = never."),
+	G(metrics_listen, KT_STRING, "", 0, 0,
+	  .desc = "Address of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz, "
+			  "e.g. 127.0.0.1:9187 (port 0: any free port, logged); empty = off."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
 	  .desc = "Least severe messages logged."),
 
@@ -1506,6 +1509,7 @@ config_free(Config *c)
 	free(c->path);
 	free(c->conninfo);
 	free(c->worker_name);
+	free(c->metrics_listen);
 	free(c);
 }
 

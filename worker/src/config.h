@@ -102,6 +102,7 @@ typedef struct Config
 	double reconnect_max;      /* s: cap of the doubling delay */
 	double connect_timeout;    /* s: one connection attempt at most */
 	double status_interval;    /* s: status line per http endpoint; 0 = never */
+	char *metrics_listen;      /* address of /metrics; "" = off */
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;

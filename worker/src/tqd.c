@@ -61,6 +61,7 @@
 #include "aimd.h"
 #include "exec.h"
 #include "http.h"
+#include "httpd.h"
 #include "log.h"
 #include "pgconn.h"
 #include "tqd.h"
@@ -84,6 +85,44 @@ typedef enum Report
 } Report;
 
 typedef struct Queue Queue;
+
+/* What became of tasks, per queue, for /metrics (label outcome). */
+typedef enum Outcomes
+{
+	OUT_SUCCEEDED, /* tq_complete */
+	OUT_FAILED,    /* tq_fail, retried with backoff */
+	OUT_THROTTLED, /* tq_fail, retried without using an attempt */
+	OUT_FATAL,     /* tq_fail, never retried */
+	OUT_RELEASED,  /* handed back (drain, cancel, could not start) */
+	OUT_DROPPED,   /* lease lost: nothing reported */
+	N_OUT
+} Outcomes;
+static const char *const outcome_label[N_OUT] = {"succeeded", "failed",   "throttled",
+												 "fatal",     "released", "dropped"};
+
+/* A latency histogram for /metrics (seconds). */
+#define N_BUCKETS 13
+static const double bucket_le[N_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+											0.1,    0.25,  0.5,    1,     2.5,  5};
+typedef struct Histogram
+{
+	long long buckets[N_BUCKETS]; /* cumulative at render time, per bucket here */
+	long long count;
+	double sum;
+} Histogram;
+
+static void
+observe(Histogram *h, double secs)
+{
+	for (int i = 0; i < N_BUCKETS; i++)
+		if (secs <= bucket_le[i])
+		{
+			h->buckets[i]++;
+			break;
+		}
+	h->count++;
+	h->sum += secs;
+}
 
 /*
  * An HTTP endpoint: the URL of one or more http queues (queues with the
@@ -148,6 +187,11 @@ struct Queue
 	bool wanted;           /* there is probably work: lease when there is room */
 	SqlConn *pool;         /* sql handler: its connections */
 	Endpoint *ep;          /* http handler: its endpoint */
+	/* for /metrics */
+	long long started;         /* tasks leased and started */
+	long long outcomes[N_OUT]; /* what became of them */
+	bool backlog_known;        /* tq_queue_stats read at least once */
+	long long backlog[4];      /* scheduled, ready, paused, running (all workers) */
 };
 
 typedef enum RunState
@@ -185,6 +229,12 @@ struct Daemon
 	ev_timer hb_timer;     /* heartbeats */
 	ev_timer stop_timer;   /* drain_timeout, then the final flush's deadline */
 	ev_timer status_timer; /* status_interval: endpoint status lines */
+	/* /metrics and /healthz */
+	Httpd *httpd;             /* NULL when metrics_listen is empty */
+	Histogram lease_rtt;      /* tq_lease round trips */
+	Histogram report_rtt;     /* outcome batch round trips */
+	long long disconnects[4]; /* work, report, listen, sql handler connections */
+	double started_at;        /* when tqd started (unix time) */
 	ev_signal sigterm, sigint, sighup;
 };
 
@@ -426,6 +476,12 @@ task_done(Task *t, Report report)
 		report = t->stop_report;
 	t->report = report;
 	t->state = TASK_DONE;
+	t->queue->outcomes[report == REPORT_COMPLETE                        ? OUT_SUCCEEDED
+					   : report == REPORT_RELEASE                       ? OUT_RELEASED
+					   : report == REPORT_DROP                          ? OUT_DROPPED
+					   : t->retry && strcmp(t->retry, "never") == 0     ? OUT_FATAL
+					   : t->retry && strcmp(t->retry, "throttled") == 0 ? OUT_THROTTLED
+																		: OUT_FAILED]++;
 	d->running--;
 	t->queue->running--;
 	d->waiting++;
@@ -564,6 +620,7 @@ start_task(Task *t)
 
 	tlog(LOG_DEBUG, "task started", "task=%lld queue=%s attempt=%d", t->id, kvq(t->queue->name),
 		 t->attempt);
+	t->queue->started++;
 	switch (qc->handler)
 	{
 		case HANDLER_NOOP:
@@ -798,6 +855,8 @@ sql_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 	{
 		tlog(LOG_WARNING, "sql handler connection failed", "queue=%s error=%s retry_in=%s",
 			 kvq(s->queue->name), kvq(a), b);
+		if (s->task)
+			s->task->d->disconnects[3]++;
 		if (s->task)
 		{
 			Task *t = s->task;
@@ -1044,6 +1103,7 @@ typedef struct LeaseCall
 	Queue *q;
 	Endpoint *ep; /* http: the endpoint whose room was reserved */
 	int asked;
+	double sent; /* ev_time() when sent */
 } LeaseCall;
 
 static void
@@ -1057,6 +1117,8 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	q->leasing = false;
 	if (lc->ep)
 		lc->ep->asked -= lc->asked;
+	if (res != NULL)
+		observe(&d->lease_rtt, ev_time() - lc->sent);
 	if (res == NULL)
 	{
 		free(lc);
@@ -1166,6 +1228,7 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		lc->q = q;
 		lc->ep = q->ep;
 		lc->asked = room;
+		lc->sent = ev_time();
 		if (!pgc_send(d->work,
 					  "SELECT id, attempt, payload::text, tenant,"
 					  " extract(epoch FROM timeout),"
@@ -1192,6 +1255,25 @@ lease_soon(Daemon *d)
 }
 
 static void
+backlog_result(PgConn *c, const PGresult *res, void *arg)
+{
+	Daemon *d = arg;
+
+	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+		return; /* the next poll tries again; /metrics shows the last values */
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		Queue *q = find_queue(d, PQgetvalue(res, i, 0));
+
+		if (q == NULL)
+			continue;
+		for (int k = 0; k < 4; k++)
+			q->backlog[k] = atoll(PQgetvalue(res, i, 1 + k));
+		q->backlog_known = true;
+	}
+}
+
+static void
 poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	Daemon *d = CONTAINER(w, Daemon, poll_timer);
@@ -1199,6 +1281,11 @@ poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	for (Queue *q = d->queues; q; q = q->next)
 		q->wanted = true;
 	lease_soon(d);
+	/* The queues' backlog in the whole system, for /metrics (shared counters: cheap). */
+	if (d->httpd != NULL && pgc_ready(d->work) &&
+		!pgc_send(d->work, "SELECT queue, scheduled, ready, paused, running FROM tq_queue_stats", 0,
+				  NULL, backlog_result, d))
+		tlog(LOG_DEBUG, "backlog query not sent: the connection is being reset", NULL);
 }
 
 /* ------------------------------------------------------------------------
@@ -1216,6 +1303,7 @@ typedef struct Batch
 	Report kind;
 	int n;
 	Task **tasks;
+	double sent; /* ev_time() when sent */
 } Batch;
 
 /*
@@ -1277,6 +1365,9 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	const char *ok = NULL;
 	size_t ok_len = 0;
 	static const char *const names[] = {"tq_complete", "tq_fail", "tq_release", ""};
+
+	if (res != NULL)
+		observe(&d->report_rtt, ev_time() - b->sent);
 
 	if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
 	{
@@ -1398,6 +1489,7 @@ send_batch(Daemon *d, Report kind)
 	ids[io++] = '}';
 	atts[ao++] = '}';
 	b->n = n;
+	b->sent = ev_time();
 	params[0] = ids;
 	params[1] = atts;
 	if (a1)
@@ -1713,6 +1805,7 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 		case PGC_DISCONNECTED:
 			tlog(LOG_WARNING, "connection failed", "conn=%s error=%s retry_in=%s", pgc_name(c),
 				 kvq(a), b);
+			d->disconnects[c == d->work ? 0 : c == d->report ? 1 : 2]++;
 			if (c == d->work)
 			{
 				for (Queue *q = d->queues; q; q = q->next)
@@ -1876,6 +1969,156 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 }
 
 /* ------------------------------------------------------------------------
+ * /metrics (Prometheus text format 0.0.4), /healthz, /readyz
+ * ------------------------------------------------------------------------
+ */
+
+/* A label value as the exposition format wants it: \\, \" and \n escaped. */
+static const char *
+label(const char *v)
+{
+	static char bufs[4][512];
+	static int next = 0;
+	char *b = bufs[next++ % 4];
+	size_t o = 0;
+
+	for (; v && *v && o + 3 < sizeof(bufs[0]); v++)
+	{
+		if (*v == '\\' || *v == '"')
+			b[o++] = '\\', b[o++] = *v;
+		else if (*v == '\n')
+			b[o++] = '\\', b[o++] = 'n';
+		else
+			b[o++] = *v;
+	}
+	b[o] = '\0';
+	return b;
+}
+
+static void
+help(Buf *b, const char *name, const char *type, const char *text)
+{
+	buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+static void
+histogram(Buf *b, const char *name, const char *text, const Histogram *h)
+{
+	long long cum = 0;
+
+	help(b, name, "histogram", text);
+	for (int i = 0; i < N_BUCKETS; i++)
+	{
+		cum += h->buckets[i];
+		buf_printf(b, "%s_bucket{le=\"%g\"} %lld\n", name, bucket_le[i], cum);
+	}
+	buf_printf(b, "%s_bucket{le=\"+Inf\"} %lld\n%s_sum %.6f\n%s_count %lld\n", name, h->count, name,
+			   h->sum, name, h->count);
+}
+
+static void
+render_metrics(Daemon *d, Buf *b)
+{
+	static const char *const conn_label[4] = {"work", "report", "listen", "sql"};
+	static const char *const state_label[4] = {"scheduled", "ready", "paused", "running"};
+
+	help(b, "tqd_info", "gauge", "This tqd: version and worker name.");
+	buf_printf(b, "tqd_info{version=\"%s\",worker=\"%s\"} 1\n", TQD_VERSION, label(d->worker));
+	help(b, "tqd_start_time_seconds", "gauge", "When this tqd started (unix time).");
+	buf_printf(b, "tqd_start_time_seconds %.3f\n", d->started_at);
+	help(b, "tqd_tasks_started_total", "counter", "Tasks this tqd leased and started, by queue.");
+	for (Queue *q = d->queues; q; q = q->next)
+		buf_printf(b, "tqd_tasks_started_total{queue=\"%s\"} %lld\n", label(q->name), q->started);
+	help(b, "tqd_tasks_finished_total", "counter",
+		 "Attempts this tqd ended, by queue and outcome (succeeded, failed: retried, throttled: "
+		 "retried without using an attempt, fatal: never retried, released: handed back, "
+		 "dropped: lease lost).");
+	for (Queue *q = d->queues; q; q = q->next)
+		for (int k = 0; k < N_OUT; k++)
+			buf_printf(b, "tqd_tasks_finished_total{queue=\"%s\",outcome=\"%s\"} %lld\n",
+					   label(q->name), outcome_label[k], q->outcomes[k]);
+	help(b, "tqd_tasks_running", "gauge", "Tasks running in this tqd now, by queue.");
+	for (Queue *q = d->queues; q; q = q->next)
+		buf_printf(b, "tqd_tasks_running{queue=\"%s\"} %d\n", label(q->name), q->running);
+	help(b, "tqd_slots", "gauge", "Tasks this tqd may run at once (slots).");
+	buf_printf(b, "tqd_slots %d\n", d->config->slots);
+	help(b, "tqd_outcomes_waiting", "gauge", "Finished tasks whose outcome is not yet reported.");
+	buf_printf(b, "tqd_outcomes_waiting %d\n", d->waiting);
+	help(b, "tq_queue_tasks", "gauge",
+		 "Live tasks of each queue served here, all workers, by state (tq_queue_stats, read every "
+		 "poll_interval).");
+	for (Queue *q = d->queues; q; q = q->next)
+		if (q->backlog_known)
+			for (int k = 0; k < 4; k++)
+				buf_printf(b, "tq_queue_tasks{queue=\"%s\",state=\"%s\"} %lld\n", label(q->name),
+						   state_label[k], q->backlog[k]);
+	histogram(b, "tqd_lease_seconds", "Round trip of a tq_lease call.", &d->lease_rtt);
+	histogram(b, "tqd_report_seconds",
+			  "Round trip of an outcome batch (tq_complete, tq_fail, "
+			  "tq_release).",
+			  &d->report_rtt);
+	help(b, "tqd_db_disconnects_total", "counter",
+		 "Database connections lost (each is then re-established with backoff), by connection.");
+	for (int k = 0; k < 4; k++)
+		buf_printf(b, "tqd_db_disconnects_total{conn=\"%s\"} %lld\n", conn_label[k],
+				   d->disconnects[k]);
+	help(b, "tqd_db_connected", "gauge", "1 while the connection is up.");
+	buf_printf(b,
+			   "tqd_db_connected{conn=\"work\"} %d\ntqd_db_connected{conn=\"report\"} %d\n"
+			   "tqd_db_connected{conn=\"listen\"} %d\n",
+			   pgc_ready(d->work), pgc_ready(d->report), pgc_ready(d->listen));
+	if (d->endpoints != NULL)
+	{
+		help(b, "tqd_http_window", "gauge", "Adaptive window of an http endpoint (requests).");
+		for (Endpoint *e = d->endpoints; e; e = e->next)
+			buf_printf(b, "tqd_http_window{url=\"%s\"} %.2f\n", label(e->url), e->aimd.window);
+		help(b, "tqd_http_in_flight", "gauge", "Requests in flight to an http endpoint.");
+		for (Endpoint *e = d->endpoints; e; e = e->next)
+			buf_printf(b, "tqd_http_in_flight{url=\"%s\"} %d\n", label(e->url), e->aimd.inflight);
+		help(b, "tqd_http_answers_total", "counter", "Answers from an http endpoint.");
+		for (Endpoint *e = d->endpoints; e; e = e->next)
+			buf_printf(b, "tqd_http_answers_total{url=\"%s\"} %lld\n", label(e->url),
+					   e->aimd.total_answers);
+		help(b, "tqd_http_throttled_total", "counter", "Throttled answers (429, 503).");
+		for (Endpoint *e = d->endpoints; e; e = e->next)
+			buf_printf(b, "tqd_http_throttled_total{url=\"%s\"} %lld\n", label(e->url),
+					   e->aimd.total_throttled);
+		help(b, "tqd_http_window_cuts_total", "counter", "Times the window was cut.");
+		for (Endpoint *e = d->endpoints; e; e = e->next)
+			buf_printf(b, "tqd_http_window_cuts_total{url=\"%s\"} %lld\n", label(e->url),
+					   e->aimd.cuts);
+	}
+}
+
+static int
+serve(const char *path, Buf *body, const char **type, void *arg)
+{
+	Daemon *d = arg;
+
+	if (strcmp(path, "/metrics") == 0)
+	{
+		*type = "text/plain; version=0.0.4; charset=utf-8";
+		render_metrics(d, body);
+		return 200;
+	}
+	if (strcmp(path, "/healthz") == 0)
+	{
+		/* Liveness: the loop answers.  Not the database: a restart would not fix it. */
+		buf_printf(body, "ok\n");
+		return 200;
+	}
+	if (strcmp(path, "/readyz") == 0)
+	{
+		bool up = pgc_ready(d->work) && pgc_ready(d->report);
+
+		buf_printf(body, up ? "ready\n" : "not ready: the database is unreachable\n");
+		return up ? 200 : 503;
+	}
+	buf_printf(body, "not found: tqd serves /metrics, /healthz and /readyz\n");
+	return 404;
+}
+
+/* ------------------------------------------------------------------------
  * Set-up
  * ------------------------------------------------------------------------
  */
@@ -1954,6 +2197,20 @@ daemon_run(Daemon *d)
 	ev_signal_start(d->loop, &d->sighup);
 	ev_timer_start(d->loop, &d->poll_timer);
 	set_status_timer(d);
+	d->started_at = ev_time();
+	if (d->config->metrics_listen[0] != '\0')
+	{
+		char err[512];
+
+		d->httpd = httpd_start(d->loop, d->config->metrics_listen, serve, d, err, sizeof(err));
+		if (d->httpd == NULL)
+		{
+			tlog(LOG_ERROR, "cannot serve /metrics", "error=%s", kvq(err));
+			return 1;
+		}
+		tlog(LOG_INFO, "serving /metrics, /healthz and /readyz", "listen=%s port=%d",
+			 kvq(d->config->metrics_listen), httpd_port(d->httpd));
+	}
 	tlog(LOG_INFO, "starting", "version=%s worker=%s queues=%d slots=%d", TQD_VERSION,
 		 kvq(d->worker), d->config->nqueues, d->config->slots);
 	pgc_connect(d->listen);
@@ -1973,6 +2230,7 @@ daemon_free(Daemon *d)
 	 * (a lease or a batch still on its way at exit), and those touch the
 	 * queues and tasks, which must still exist then.
 	 */
+	httpd_stop(d->httpd);
 	pgc_free(d->work);
 	pgc_free(d->report);
 	pgc_free(d->listen);

@@ -189,6 +189,7 @@ check_global_defaults(const Config *c, const char *what)
 	ok(c->reconnect_max == 10, "%s: reconnect_max 10s", what);
 	ok(c->connect_timeout == 10, "%s: connect_timeout 10s", what);
 	ok(c->status_interval == 60, "%s: status_interval 1min", what);
+	is_str(c->metrics_listen, "", "%s: metrics_listen off", what);
 	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
 }
 
@@ -208,9 +209,9 @@ check_queue_defaults(const QueueConf *q, const char *what)
 
 /* Every key the brief names, in [tqd] then [queue:NAME]. */
 static const char *const global_keys[] = {
-	"conninfo",        "worker_name",        "slots",         "lease_batch",   "flush_interval",
-	"poll_interval",   "heartbeat_interval", "drain_timeout", "reconnect_min", "reconnect_max",
-	"connect_timeout", "status_interval",    "log_level"};
+	"conninfo",        "worker_name",        "slots",          "lease_batch",   "flush_interval",
+	"poll_interval",   "heartbeat_interval", "drain_timeout",  "reconnect_min", "reconnect_max",
+	"connect_timeout", "status_interval",    "metrics_listen", "log_level"};
 static const char *const queue_keys[] = {"handler",
 										 "concurrency",
 										 "timeout",
@@ -902,7 +903,7 @@ test_http(void)
 int
 main(void)
 {
-	plan(277);
+	plan(280);
 	test_sample();
 	test_defaults();
 	test_values();

@@ -1,0 +1,44 @@
+/*
+ * httpd.h
+ *	  tqd's own small HTTP server (/metrics, /healthz): libmicrohttpd run
+ *	  from the libev loop, not in a thread of its own.  libmicrohttpd in
+ *	  epoll mode exposes one descriptor; an ev_io on it and an ev_timer on
+ *	  MHD_get_timeout call MHD_run, which answers whatever is ready without
+ *	  blocking.  Handlers run on the loop, so they may read tqd's state
+ *	  without locks.
+ */
+#ifndef TQD_HTTPD_H
+#define TQD_HTTPD_H
+
+#include <stddef.h>
+
+#include <ev.h>
+
+typedef struct Httpd Httpd;
+
+/* A growing text buffer for answers. */
+typedef struct Buf
+{
+	char *data;
+	size_t len, cap;
+} Buf;
+
+extern void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Answers one GET: fills body (and content_type, a static string) and
+ * returns the HTTP status.  The body is sent and freed by httpd.
+ */
+typedef int (*HttpdHandler)(const char *path, Buf *body, const char **content_type, void *arg);
+
+/*
+ * Listens on addr ("127.0.0.1:9187", "[::1]:9187", "0.0.0.0:9187"; port 0
+ * = any free one).  Returns NULL with a message in err when it cannot.
+ */
+extern Httpd *httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg,
+						  char *err, size_t errlen) __attribute__((warn_unused_result));
+/* The port it listens on (useful with port 0). */
+extern int httpd_port(const Httpd *h);
+extern void httpd_stop(Httpd *h);
+
+#endif
