@@ -32,7 +32,6 @@
 #include "access/xact.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
-#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgrprotos.h"

@@ -309,6 +309,19 @@ ok(poll("SELECT state = 'succeeded' FROM tq_task($tlsca)", 30), 'with ca_file tr
 # /metrics: the port tqd logged (metrics_listen = 127.0.0.1:0).
 my ($mport) = tqd_log('a') =~ /serving \/metrics.* port=(\d+)/;
 ok($mport, "tqd serves /metrics (port $mport)");
+{
+	# A second tqd on the same metrics port refuses to start, saying why.
+	my $taken = "$dir/taken.conf";
+	my $text = slurp_file($conf);
+	$text =~ s/metrics_listen = 127\.0\.0\.1:0/metrics_listen = 127.0.0.1:$mport/;
+	open(my $tfh, '>', $taken) or die;
+	print $tfh $text;
+	close($tfh);
+	my $tout = '';
+	IPC::Run::run([ $tqd, '-c', $taken ], '>', \$tout, '2>&1', IPC::Run::timeout(30));
+	isnt($?, 0, 'a tqd whose metrics port is taken exits with an error');
+	like($tout, qr/cannot serve \/metrics.*Address already in use/, '... saying the address is in use');
+}
 sub scrape
 {
 	my $path = shift // 'metrics';

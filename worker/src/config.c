@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "httpd.h"
 
 #define lengthof(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -110,6 +111,7 @@ static bool check_url(void *base, char *msg, size_t msglen);
 static bool check_headers(void *base, char *msg, size_t msglen);
 static bool check_ca_file(void *base, char *msg, size_t msglen);
 static bool check_aimd_min(void *base, char *msg, size_t msglen);
+static bool check_metrics_listen(void *base, char *msg, size_t msglen);
 
 #define MS 0.001
 #define MIN 60.0
@@ -160,7 +162,7 @@ static const KeyDef keys[] = {
 	G(status_interval, KT_DURATION, "1min", 10 * MS, 24 * HOUR, .flags = KF_ZERO_OK,
 	  .desc = "A status line per http endpoint (window, in flight, answers, throttled) "
 			  "this often; 0 = never."),
-	G(metrics_listen, KT_STRING, "", 0, 0,
+	G(metrics_listen, KT_STRING, "", 0, 0, .check = check_metrics_listen,
 	  .desc = "Address of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz, "
 			  "e.g. 127.0.0.1:9187 (port 0: any free port, logged); empty = off."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
@@ -978,6 +980,18 @@ check_ca_file(void *base, char *msg, size_t msglen)
 	return true;
 }
 
+/* The address is parsed as httpd_start will: a bad one fails --check-config. */
+static bool
+check_metrics_listen(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	return c->metrics_listen[0] == '\0' ||
+		   httpd_parse_addr(c->metrics_listen, &ss, &len, msg, msglen) == 0;
+}
+
 static bool
 check_aimd_min(void *base, char *msg, size_t msglen)
 {
@@ -1323,6 +1337,19 @@ static bool
 check_global(Parser *p)
 {
 	Config *c = p->c;
+	char msg[512];
+
+	for (int i = 0; i < NKEYS; i++)
+	{
+		const KeyDef *k = &keys[i];
+
+		if (k->scope == SCOPE_GLOBAL && k->check != NULL && p->global.key_line[i] != 0 &&
+			!k->check(c, msg, sizeof(msg)))
+		{
+			key_failf(p, p->global.key_line[i], k->name, "%s", msg);
+			return false;
+		}
+	}
 
 	if (c->reconnect_max < c->reconnect_min)
 	{

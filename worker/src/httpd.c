@@ -139,9 +139,9 @@ answer(void *cls, struct MHD_Connection *conn, const char *url, const char *meth
 	return ret;
 }
 
-/* "host:port" or "[v6]:port" into a socket address. */
-static int
-parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len, char *err, size_t errlen)
+int
+httpd_parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len, char *err,
+				 size_t errlen)
 {
 	char host[128];
 	const char *colon;
@@ -206,7 +206,7 @@ httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg, 
 	int one = 1;
 	const union MHD_DaemonInfo *info;
 
-	if (parse_addr(addr, &ss, &len, err, errlen) != 0)
+	if (httpd_parse_addr(addr, &ss, &len, err, errlen) != 0)
 		return NULL;
 	h = calloc(1, sizeof(Httpd));
 	if (h == NULL)

@@ -11,6 +11,7 @@
 #define TQD_HTTPD_H
 
 #include <stddef.h>
+#include <sys/socket.h>
 
 #include <ev.h>
 
@@ -37,6 +38,14 @@ typedef int (*HttpdHandler)(const char *path, Buf *body, const char **content_ty
  */
 extern Httpd *httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg,
 						  char *err, size_t errlen) __attribute__((warn_unused_result));
+/*
+ * "IPv4:port" or "[IPv6]:port" (port 0 = any) into a socket address; -1
+ * with a message in err when it is neither (config.c checks
+ * metrics_listen with it).
+ */
+extern int httpd_parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len,
+							char *err, size_t errlen) __attribute__((warn_unused_result));
+
 /* The port it listens on (useful with port 0). */
 extern int httpd_port(const Httpd *h);
 extern void httpd_stop(Httpd *h);

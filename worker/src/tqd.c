@@ -245,6 +245,7 @@ static void stop_task(Task *t, Report report);
 static void maybe_finish_stop(Daemon *d);
 static void begin_stopping(Daemon *d, bool fast);
 static void set_status_timer(Daemon *d);
+static json_t *text_result(const char *text, size_t len, bool try_json, const char *what);
 
 /* ------------------------------------------------------------------------
  * Small helpers
@@ -537,24 +538,7 @@ exec_done(ExecRun *run, const ExecResult *r, void *arg)
 	}
 	if (o == OUTCOME_SUCCESS)
 	{
-		json_error_t jerr;
-		json_t *v = json_loadb(r->output, r->output_len, JSON_DECODE_ANY, &jerr);
-
-		if (v == NULL || r->output_truncated)
-		{
-			if (v)
-				json_decref(v);
-			/* Not JSON (or cut): the text itself, as a JSON string. */
-			v = json_stringn_nocheck(r->output, r->output_len);
-			if (v == NULL || json_string_length(v) != r->output_len)
-			{
-				/* Invalid UTF-8: keep what is valid, say so. */
-				if (v)
-					json_decref(v);
-				v = json_string("[tqd: the output was not valid UTF-8]");
-			}
-		}
-		t->result = v;
+		t->result = text_result(r->output, r->output_len, !r->output_truncated, "output");
 		tlog(LOG_INFO, "task succeeded", "task=%lld queue=%s attempt=%d seconds=%.3f", t->id,
 			 kvq(t->queue->name), t->attempt, r->seconds);
 		t->run = NULL;
@@ -581,27 +565,62 @@ exec_done(ExecRun *run, const ExecResult *r, void *arg)
 	task_done(t, REPORT_FAIL);
 }
 
+/*
+ * When the task must be done by, in UTC ("2026-11-23T02:00:00Z"), as the
+ * handlers pass it on (TQ_DEADLINE, X-TQ-Deadline); "" without a timeout.
+ */
+static void
+deadline_text(const Task *t, char *buf, size_t len)
+{
+	time_t dl;
+	struct tm tm;
+
+	buf[0] = '\0';
+	if (t->timeout <= 0)
+		return;
+	dl = time(NULL) + (time_t) ceil(t->timeout);
+	gmtime_r(&dl, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/*
+ * A result from a handler's text (exec's stdout, an http body): JSON if
+ * it parses (and try_json), else the text as a JSON string; text that is
+ * not valid UTF-8 becomes a note saying so.  Cut text is never parsed.
+ */
+static json_t *
+text_result(const char *text, size_t len, bool try_json, const char *what)
+{
+	json_t *v = try_json ? json_loadb(text, len, JSON_DECODE_ANY, NULL) : NULL;
+
+	if (v != NULL)
+		return v;
+	v = json_stringn_nocheck(text, len);
+	if (v == NULL || json_string_length(v) != len)
+	{
+		char note[128];
+
+		if (v)
+			json_decref(v);
+		snprintf(note, sizeof(note), "[tqd: the %s was not valid UTF-8]", what);
+		v = json_string(note);
+	}
+	return v;
+}
+
 static char **
 task_env(Task *t)
 {
 	static char bufs[5][512];
 	static char *env[6];
-	time_t now = time(NULL);
+	char deadline[64];
 
 	snprintf(bufs[0], sizeof(bufs[0]), "TQ_TASK_ID=%lld", t->id);
 	snprintf(bufs[1], sizeof(bufs[1]), "TQ_ATTEMPT=%d", t->attempt);
 	snprintf(bufs[2], sizeof(bufs[2]), "TQ_QUEUE=%s", t->queue->name);
 	snprintf(bufs[3], sizeof(bufs[3]), "TQ_TENANT=%s", t->tenant ? t->tenant : "");
-	if (t->timeout > 0)
-	{
-		time_t dl = now + (time_t) ceil(t->timeout);
-		struct tm tm;
-
-		gmtime_r(&dl, &tm);
-		strftime(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=%Y-%m-%dT%H:%M:%SZ", &tm);
-	}
-	else
-		snprintf(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=");
+	deadline_text(t, deadline, sizeof(deadline));
+	snprintf(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=%s", deadline);
 	for (int i = 0; i < 5; i++)
 		env[i] = bufs[i];
 	env[5] = NULL;
@@ -610,6 +629,23 @@ task_env(Task *t)
 
 static void start_sql(Task *t);
 static void start_http(Task *t);
+
+/*
+ * Closes the connection a running sql task's query is on, detached from
+ * the task first (closing it runs its pending callbacks, which must not
+ * find the task).  The pool makes a new connection when it needs one.
+ */
+static void
+sql_drop(Task *t)
+{
+	SqlConn *s = t->sql;
+	PgConn *c = s->conn;
+
+	s->conn = NULL;
+	s->task = NULL;
+	t->sql = NULL;
+	pgc_free(c);
+}
 static double heartbeat_every(Daemon *d);
 
 /* Starts the task's handler. */
@@ -702,17 +738,8 @@ stop_task(Task *t, Report report)
 	}
 	else if (t->sql)
 	{
-		/*
-		 * The query cannot be interrupted from here cheaply: drop its
-		 * connection, detached first (closing it calls its callbacks).
-		 */
-		SqlConn *s = t->sql;
-		PgConn *c = s->conn;
-
-		s->conn = NULL;
-		s->task = NULL;
-		t->sql = NULL;
-		pgc_free(c);
+		/* The query cannot be interrupted from here cheaply: drop its connection. */
+		sql_drop(t);
 		task_done(t, report);
 	}
 }
@@ -788,16 +815,8 @@ sql_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 	set_fail(t, "auto", "timed out after %g s", t->timeout);
 	tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s", t->id,
 		 kvq(t->queue->name), t->attempt, kvq(t->error));
-	/* Closing the connection ends the backend's query with it (detached first). */
-	{
-		SqlConn *s = t->sql;
-		PgConn *c = s->conn;
-
-		s->conn = NULL;
-		s->task = NULL;
-		t->sql = NULL;
-		pgc_free(c);
-	}
+	/* Closing the connection ends the backend's query with it. */
+	sql_drop(t);
 	task_done(t, REPORT_FAIL);
 }
 
@@ -957,24 +976,10 @@ http_done(HttpRequest *req, const HttpResult *r, void *arg)
 		aimd_abandoned(&e->aimd);
 	if (o == OUTCOME_SUCCESS)
 	{
-		json_t *v = NULL;
-
-		if (r->body_len == 0)
-			v = json_null();
-		else if (r->body_is_json && !r->body_truncated)
-			v = json_loadb(r->body, r->body_len, JSON_DECODE_ANY, NULL);
-		if (v == NULL)
-		{
-			/* Not JSON (or cut): the text itself, as a JSON string. */
-			v = json_stringn_nocheck(r->body, r->body_len);
-			if (v == NULL || json_string_length(v) != r->body_len)
-			{
-				if (v)
-					json_decref(v);
-				v = json_string("[tqd: the response body was not valid UTF-8]");
-			}
-		}
-		t->result = v;
+		t->result = r->body_len == 0
+						? json_null()
+						: text_result(r->body, r->body_len, r->body_is_json && !r->body_truncated,
+									  "response body");
 		tlog(LOG_INFO, "task succeeded", "task=%lld queue=%s attempt=%d status=%ld seconds=%.3f",
 			 t->id, kvq(t->queue->name), t->attempt, r->status, r->seconds);
 		t->http = NULL;
@@ -1023,16 +1028,12 @@ start_http(Task *t)
 	snprintf(hatt, sizeof(hatt), "X-TQ-Attempt: %d", t->attempt);
 	snprintf(hqueue, sizeof(hqueue), "X-TQ-Queue: %s", t->queue->name);
 	snprintf(htenant, sizeof(htenant), "X-TQ-Tenant: %s", t->tenant ? t->tenant : "");
-	if (t->timeout > 0)
 	{
-		time_t dl = time(NULL) + (time_t) ceil(t->timeout);
-		struct tm tm;
+		char deadline[40];
 
-		gmtime_r(&dl, &tm);
-		strftime(hdeadline, sizeof(hdeadline), "X-TQ-Deadline: %Y-%m-%dT%H:%M:%SZ", &tm);
+		deadline_text(t, deadline, sizeof(deadline));
+		snprintf(hdeadline, sizeof(hdeadline), "X-TQ-Deadline: %s", deadline);
 	}
-	else
-		snprintf(hdeadline, sizeof(hdeadline), "X-TQ-Deadline:");
 	headers[nh++] = hid;
 	headers[nh++] = hatt;
 	headers[nh++] = hqueue;

@@ -136,14 +136,18 @@ queue_size_is(const char *line, size_t offset, size_t want)
 	config_free(c);
 }
 
-/* A refused [tqd] line: the whole message after the file name (line 2). */
+/*
+ * A line refused in the file load() writes around it: the whole message
+ * after the file name, at lineno (where load puts the line).
+ */
 static void
-global_fails(const char *line, const char *want)
+line_fails(Config *(*load)(const char *, char *, size_t), int lineno, const char *line,
+		   const char *want)
 {
 	char err[1024], full[1200];
-	Config *c = with_global(line, err, sizeof(err));
+	Config *c = load(line, err, sizeof(err));
 
-	snprintf(full, sizeof(full), "%s:2: %s", tmp_path, want);
+	snprintf(full, sizeof(full), "%s:%d: %s", tmp_path, lineno, want);
 	if (c != NULL)
 	{
 		ok(0, "\"%s\" refused", line);
@@ -153,22 +157,9 @@ global_fails(const char *line, const char *want)
 	is_str(err, full, "\"%s\" refused", line);
 }
 
-/* A refused exec queue line (line 4). */
-static void
-exec_key_fails(const char *line, const char *want)
-{
-	char err[1024], full[1200];
-	Config *c = with_exec_key(line, err, sizeof(err));
-
-	snprintf(full, sizeof(full), "%s:4: %s", tmp_path, want);
-	if (c != NULL)
-	{
-		ok(0, "\"%s\" refused", line);
-		config_free(c);
-		return;
-	}
-	is_str(err, full, "\"%s\" refused", line);
-}
+/* A refused [tqd] line (line 2), and a refused exec queue line (line 4). */
+#define global_fails(line, want) line_fails(with_global, 2, (line), (want))
+#define exec_key_fails(line, want) line_fails(with_exec_key, 4, (line), (want))
 
 /*
  * The defaults, as the brief states them (not read from config.c's
@@ -828,6 +819,19 @@ static const struct
 static void
 test_http(void)
 {
+	global_fails(
+		"metrics_listen = localhost:9187",
+		"key \"metrics_listen\": invalid address \"localhost:9187\": expected IPv4:port or "
+		"[IPv6]:port, e.g. 127.0.0.1:9187");
+	{
+		char err[1024] = "";
+		Config *mc = with_global("metrics_listen = [::1]:0", err, sizeof(err));
+
+		ok(mc != NULL && strcmp(mc->metrics_listen, "[::1]:0") == 0,
+		   "metrics_listen [::1]:0 loads: %s", err);
+		config_free(mc);
+	}
+
 	const char *q = "[queue:h]\nhandler = http\nurl = http://127.0.0.1:8080/task\n";
 	char text[1024];
 	Config *c = loads(q, "http queue");
@@ -903,7 +907,7 @@ test_http(void)
 int
 main(void)
 {
-	plan(280);
+	plan(282);
 	test_sample();
 	test_defaults();
 	test_values();
