@@ -140,6 +140,7 @@ PG_FUNCTION_INFO_V1(tq_shared_counts);
 PG_FUNCTION_INFO_V1(tq_policy_changed);
 PG_FUNCTION_INFO_V1(tq_reset_shared);
 PG_FUNCTION_INFO_V1(tq_activity);
+PG_FUNCTION_INFO_V1(tq_forget_activity);
 
 #define TQ_TENANT_MAX 200 /* tq.check_label's limit for tenants */
 #define TQ_MAX_DBS 64     /* databases with tq state at once */
@@ -601,6 +602,7 @@ typedef struct PendingAct
 {
 	char queue[NAMEDATALEN];
 	int32 n[ACT_KINDS];
+	bool reset; /* the queue was dropped: its minutes start from zero */
 } PendingAct;
 static PendingAct pending_act[MAX_PENDING_ACT];
 static int npending_act = 0;
@@ -616,24 +618,31 @@ ensure_callbacks(void)
 	}
 }
 
-void
-tq_fair_note_activity(const char *queue, int kind, int n)
+/* The transaction's pending activity of a queue; NULL when the list is full. */
+static PendingAct *
+pending_for(const char *queue)
 {
 	int i;
 
 	ensure_callbacks();
 	for (i = 0; i < npending_act; i++)
 		if (strcmp(pending_act[i].queue, queue) == 0)
-			break;
-	if (i == npending_act)
-	{
-		if (npending_act == MAX_PENDING_ACT)
-			return;
-		memset(&pending_act[i], 0, sizeof(PendingAct));
-		strlcpy(pending_act[i].queue, queue, NAMEDATALEN);
-		npending_act++;
-	}
-	pending_act[i].n[kind] += n;
+			return &pending_act[i];
+	if (npending_act == MAX_PENDING_ACT)
+		return NULL;
+	memset(&pending_act[i], 0, sizeof(PendingAct));
+	strlcpy(pending_act[i].queue, queue, NAMEDATALEN);
+	npending_act++;
+	return &pending_act[i];
+}
+
+void
+tq_fair_note_activity(const char *queue, int kind, int n)
+{
+	PendingAct *p = pending_for(queue);
+
+	if (p != NULL)
+		p->n[kind] += n;
 }
 
 static int32
@@ -664,6 +673,11 @@ apply_activity(void)
 		e = hash_search(fair_hash, &k, HASH_FIND, NULL);
 		if (e == NULL)
 			continue;
+		if (pending_act[i].reset)
+		{
+			memset(e->act, 0, sizeof(e->act));
+			memset(e->act_minute, 0, sizeof(e->act_minute));
+		}
 		if (e->act_minute[slot] != minute)
 		{
 			e->act_minute[slot] = minute;
@@ -2164,6 +2178,31 @@ tq_reset_shared(PG_FUNCTION_ARGS)
 		pg_atomic_write_u32(&db->state, DB_EMPTY);
 	LWLockRelease(fair->lock);
 	cols.relid = InvalidOid;
+	PG_RETURN_VOID();
+}
+
+/*
+ * tq.forget_activity(queue text) returns void
+ *
+ * tq_drop_queue: once this transaction commits, the queue's minutes start
+ * from zero, so that a queue made again under the same name does not show
+ * the dropped one's activity.  Activity this transaction noted for it
+ * before is dropped with it.
+ */
+Datum
+tq_forget_activity(PG_FUNCTION_ARGS)
+{
+	char *queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PendingAct *p = pending_for(queue);
+
+	if (p == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("too many queues changed in one transaction to forget \"%s\"'s activity",
+						queue),
+				 errhint("Drop fewer queues per transaction.")));
+	memset(p->n, 0, sizeof(p->n));
+	p->reset = true;
 	PG_RETURN_VOID();
 }
 

@@ -18,6 +18,19 @@
  * every table, type and operator with its schema, so the caller's
  * search_path cannot change what they mean.
  *
+ * A traceparent (0.6.0) is part of the common case: an application that
+ * sets tq.traceparent on every request would otherwise pay for the slow
+ * path on every submit.  Given or taken from the setting, it is checked
+ * here with traceparent.c's rules (a bad one goes to the slow path, which
+ * raises the error in its turn) and inserted by a plan of its own, so a
+ * submit without one runs exactly as before.
+ *
+ * One library serves every installed version of the extension, so both
+ * SQL signatures are served: tq_submit_fast for 0.3.0 to 0.5.0 (nine
+ * arguments, no traceparent column), tq_submit_fast_0_6 from 0.6.0 (a
+ * tenth, traceparent).  A database still at 0.5.0 keeps working with the
+ * new library until it is updated.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -36,13 +49,16 @@
 #include "tq.h"
 
 PG_FUNCTION_INFO_V1(tq_submit_fast);
+PG_FUNCTION_INFO_V1(tq_submit_fast_0_6);
 
 extern Datum tq_wake(PG_FUNCTION_ARGS);
 
-#define NARGS 9
+#define NARGS_0_3 9 /* tq_submit of 0.3.0 to 0.5.0 */
+#define NARGS 10    /* from 0.6.0: traceparent last */
 
 static SPIPlanPtr queue_plan = NULL;
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr insert_tp_plan = NULL; /* with traceparent: 0.6.0 on */
 
 /* Hands the whole call to tq.submit_slow. */
 static Datum
@@ -55,19 +71,25 @@ submit_slow(FunctionCallInfo fcinfo)
 
 	/*
 	 * Looked up per call, not cached: the slow path is rare, and a cached
-	 * OID would outlive DROP and CREATE EXTENSION in this session.
+	 * OID would outlive DROP and CREATE EXTENSION in this session.  The
+	 * signature is the caller's: the version of the extension installed.
 	 */
 	slow_oid = DatumGetObjectId(DirectFunctionCall1(
 		to_regprocedure,
-		CStringGetTextDatum("tq.submit_slow(pg_catalog.text, pg_catalog.jsonb, "
-							"pg_catalog.timestamptz, pg_catalog.int4, pg_catalog.text, "
-							"pg_catalog.text, pg_catalog.int4, pg_catalog.interval, "
-							"pg_catalog.timestamptz)")));
+		CStringGetTextDatum(PG_NARGS() == NARGS
+								? "tq.submit_slow(pg_catalog.text, pg_catalog.jsonb, "
+								  "pg_catalog.timestamptz, pg_catalog.int4, pg_catalog.text, "
+								  "pg_catalog.text, pg_catalog.int4, pg_catalog.interval, "
+								  "pg_catalog.timestamptz, pg_catalog.text)"
+								: "tq.submit_slow(pg_catalog.text, pg_catalog.jsonb, "
+								  "pg_catalog.timestamptz, pg_catalog.int4, pg_catalog.text, "
+								  "pg_catalog.text, pg_catalog.int4, pg_catalog.interval, "
+								  "pg_catalog.timestamptz)")));
 	if (!OidIsValid(slow_oid))
 		elog(ERROR, "tq: function tq.submit_slow is missing; reinstall the extension");
 	fmgr_info(slow_oid, &flinfo);
-	InitFunctionCallInfoData(*slow, &flinfo, NARGS, PG_GET_COLLATION(), NULL, NULL);
-	for (int i = 0; i < NARGS; i++)
+	InitFunctionCallInfoData(*slow, &flinfo, PG_NARGS(), PG_GET_COLLATION(), NULL, NULL);
+	for (int i = 0; i < PG_NARGS(); i++)
 	{
 		slow->args[i].value = PG_ARGISNULL(i) ? (Datum) 0 : PG_GETARG_DATUM(i);
 		slow->args[i].isnull = PG_ARGISNULL(i);
@@ -120,14 +142,35 @@ prepare_plans(void)
 	SPI_keepplan(insert_plan);
 }
 
+/* The insert with a traceparent; prepared on first use (0.5.0 has no such column). */
+static void
+prepare_tp_plan(void)
+{
+	Oid itypes[7] = {TEXTOID, TEXTOID, INT2OID, TEXTOID, JSONBOID, INT4OID, TEXTOID};
+
+	if (insert_tp_plan != NULL)
+		return;
+	insert_tp_plan = SPI_prepare(
+		"INSERT INTO tq.task (queue, state, priority, tenant, payload, max_attempts, traceparent)"
+		" VALUES ($1, pg_catalog.text($2)::tq.task_state, $3, $4, $5, $6, $7) RETURNING id",
+		7, itypes);
+	if (insert_tp_plan == NULL)
+		elog(ERROR, "tq: preparing the task insert failed: %s", SPI_result_code_string(SPI_result));
+	SPI_keepplan(insert_tp_plan);
+}
+
 /*
  * tq_submit(queue text, payload jsonb DEFAULT '{}', run_at timestamptz,
  *           priority integer DEFAULT 0, tenant text, dedup_key text,
- *           max_attempts integer, timeout interval, expires_at timestamptz)
+ *           max_attempts integer, timeout interval, expires_at timestamptz
+ *           [, traceparent text])
  *   returns bigint
+ *
+ * The common case of both signatures; with_tp for the one with a
+ * traceparent.
  */
-Datum
-tq_submit_fast(PG_FUNCTION_ARGS)
+static Datum
+submit(FunctionCallInfo fcinfo, bool with_tp)
 {
 	text *queue;
 	Jsonb *payload;
@@ -135,13 +178,14 @@ tq_submit_fast(PG_FUNCTION_ARGS)
 	text *tenant = NULL;
 	Datum qargs[2];
 	char qnulls[2] = {' ', ' '};
-	Datum iargs[6];
-	char inulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	Datum iargs[7];
+	char inulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	bool isnull;
 	int32 max_attempts;
 	bool paused;
 	int64 id;
 	int ret;
+	Datum traceparent = (Datum) 0; /* (Datum) 0: none */
 
 	/* Anything but the common case takes the one full definition. */
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3) || !PG_ARGISNULL(5) ||
@@ -163,6 +207,23 @@ tq_submit_fast(PG_FUNCTION_ARGS)
 		tenant = PG_GETARG_TEXT_PP(4);
 		if (!label_ok(tenant, 200))
 			return submit_slow(fcinfo);
+	}
+	if (with_tp)
+	{
+		/* The argument ('' means none), else the setting, checked when set. */
+		if (!PG_ARGISNULL(9))
+		{
+			text *tp = PG_GETARG_TEXT_PP(9);
+
+			if (VARSIZE_ANY_EXHDR(tp) > 0)
+			{
+				if (tq_traceparent_problem(VARDATA_ANY(tp), VARSIZE_ANY_EXHDR(tp)) != NULL)
+					return submit_slow(fcinfo); /* its error */
+				traceparent = PointerGetDatum(tp);
+			}
+		}
+		else if (tq_traceparent != NULL && tq_traceparent[0] != '\0')
+			traceparent = CStringGetTextDatum(tq_traceparent);
 	}
 	queue = PG_GETARG_TEXT_PP(0);
 
@@ -192,7 +253,14 @@ tq_submit_fast(PG_FUNCTION_ARGS)
 	inulls[3] = tenant ? ' ' : 'n';
 	iargs[4] = JsonbPGetDatum(payload);
 	iargs[5] = Int32GetDatum(max_attempts);
-	ret = SPI_execute_plan(insert_plan, iargs, inulls, false, 1);
+	if (traceparent != (Datum) 0)
+	{
+		prepare_tp_plan();
+		iargs[6] = traceparent;
+		ret = SPI_execute_plan(insert_tp_plan, iargs, inulls, false, 1);
+	}
+	else
+		ret = SPI_execute_plan(insert_plan, iargs, inulls, false, 1);
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "tq: task insert failed: %s", SPI_result_code_string(ret));
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -201,4 +269,22 @@ tq_submit_fast(PG_FUNCTION_ARGS)
 	if (!paused)
 		DirectFunctionCall1(tq_wake, PointerGetDatum(queue));
 	PG_RETURN_INT64(id);
+}
+
+/* tq_submit of 0.3.0 to 0.5.0: nine arguments, no traceparent. */
+Datum
+tq_submit_fast(PG_FUNCTION_ARGS)
+{
+	if (PG_NARGS() != NARGS_0_3)
+		elog(ERROR, "tq: tq_submit_fast called with %d arguments, not %d", PG_NARGS(), NARGS_0_3);
+	return submit(fcinfo, false);
+}
+
+/* tq_submit from 0.6.0: traceparent is the tenth argument. */
+Datum
+tq_submit_fast_0_6(PG_FUNCTION_ARGS)
+{
+	if (PG_NARGS() != NARGS)
+		elog(ERROR, "tq: tq_submit_fast_0_6 called with %d arguments, not %d", PG_NARGS(), NARGS);
+	return submit(fcinfo, true);
 }

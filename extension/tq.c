@@ -36,6 +36,7 @@ int tq_worker_min_interval = 10;
 int tq_notify_interval = 2;
 int tq_max_rate_keys = 1024;
 int tq_max_tenants = 20000;
+char *tq_traceparent = NULL;
 
 void _PG_init(void);
 
@@ -114,6 +115,19 @@ _PG_init(void)
 							"log says so.",
 							&tq_max_tenants, 20000, 64, 10000000, PGC_POSTMASTER, 0, NULL, NULL,
 							NULL);
+
+	/*
+	 * Per request, not per server: an application sets it with SET LOCAL
+	 * (or set_config(..., true)) in the transaction that handles a traced
+	 * request, and every task that transaction submits -- directly, through
+	 * tq_submit_trigger or from a function -- carries the trace on.  The
+	 * check hook refuses a malformed value when it is set (traceparent.c).
+	 */
+	DefineCustomStringVariable(
+		"tq.traceparent", "W3C traceparent given to tasks submitted without one.",
+		"An empty string means none. A traceparent argument of "
+		"tq_submit or tq_submit_many overrides it.",
+		&tq_traceparent, "", PGC_USERSET, 0, tq_traceparent_check_hook, NULL, NULL);
 
 	MarkGUCPrefixReserved("tq");
 

@@ -14,6 +14,7 @@
  *	 fair.c		fair dispatch, limits, quotas and counters (tq.task trigger)
  *	 wait.c		tq_wait: sleeping until a task finishes
  *	 trace.c	per-attempt traces (tq.task.trace)
+ *	 traceparent.c	W3C traceparent of a task: the check, tq.traceparent
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +23,7 @@
 
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 /* Settings (GUCs), defined in tq.c; all are named tq.<name>. */
@@ -34,6 +36,7 @@ extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
 extern int tq_max_rate_keys;        /* token buckets in shared memory */
 extern int tq_notify_interval;      /* ms between two notify passes */
 extern int tq_max_tenants;          /* fair-dispatch entries in shared memory */
+extern char *tq_traceparent;        /* traceparent of tasks submitted without one */
 
 /* Queues flagged ready between two worker passes, before ready_all. */
 #define TQ_READY_SLOTS 64
@@ -80,6 +83,11 @@ extern void tq_fair_note_activity(const char *queue, int kind, int n);
 #define TQ_ACT_FAILED 1
 #define TQ_ACT_DEAD 2
 #define TQ_ACT_OTHER 3
+/* W3C traceparent (traceparent.c): version 00 is 55 bytes; any is at most 512. */
+#define TQ_TRACEPARENT_LEN 55
+#define TQ_TRACEPARENT_MAX 512
+extern const char *tq_traceparent_problem(const char *s, int len);
+extern bool tq_traceparent_check_hook(char **newval, void **extra, GucSource source);
 extern Size tq_wait_shmem_size(void);
 extern void tq_wait_shmem_init(void);
 

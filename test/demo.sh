@@ -8,9 +8,10 @@
 # a duplicate, a delayed task and a bulk batch -- and runs tqd, the worker
 # daemon, on them: the sample configuration (worker/tqd.conf.sample, every
 # key at its default) with its example queue replaced by the demo's two,
-# whose tasks run worker/examples/demo-handler.pl through the exec handler.
-# Once every task has finished it prints the tasks, a task's log, some of
-# tqd's log lines and the queue stats, and stops tqd with SIGTERM.  The
+# whose tasks run worker/examples/demo-handler.pl through the exec handler,
+# and the dashboard on.  Once every task has finished it prints the tasks, a
+# task's log, some of tqd's log lines, what tqd's dashboard and /metrics
+# answer, and the queue stats, and stops tqd with SIGTERM.  The
 # cluster is stopped and removed on exit, also on failure, and tqd with it.
 #
 # tq's background worker promotes the delayed task and the retries on
@@ -65,8 +66,10 @@ tqd=$top/worker/tqd
 work=$(mktemp -d /tmp/tq-demo.XXXXXX)
 conf=$work/tqd.conf
 # The sample's [tqd] section as it is (conninfo "" takes PGHOST, PGPORT and
-# PGDATABASE from the environment: this cluster), then the demo's queues.
-sed -n '/^\[queue:/q;p' "$top/worker/tqd.conf.sample" >"$conf"
+# PGDATABASE from the environment: this cluster) but for /metrics and the
+# dashboard, on a free loopback port, then the demo's queues.
+sed -n -e '/^\[queue:/q' -e 's/^metrics_listen =.*/metrics_listen = 127.0.0.1:0/' \
+	-e 's/^dashboard = off$/dashboard = on/' -e p "$top/worker/tqd.conf.sample" >"$conf"
 cat >>"$conf" <<CONF
 [queue:email]
 handler = exec
@@ -114,6 +117,19 @@ psql <<'SQL'
 SELECT attempt, n, line FROM tq_task_log((SELECT id FROM demo_ids WHERE name = 'flaky thumbnail'));
 SQL
 grep -E 'msg=(starting|connected|"task failed")' "$work/tqd.log" | head -n 8
+
+step "tqd's dashboard and /metrics (metrics_listen, dashboard = on)"
+hport=$(sed -n 's/.*serving the dashboard at \/" port=\([0-9]*\).*/\1/p' "$work/tqd.log" | head -n 1)
+echo "dashboard: http://127.0.0.1:$hport/ while tqd runs; what it shows of the flaky thumbnail,"
+echo "GET /api/task?id=N (its row, each attempt, its log):"
+flaky=$(psql -At -c "SELECT id FROM demo_ids WHERE name = 'flaky thumbnail'")
+if command -v curl >/dev/null; then
+	curl -sS "http://127.0.0.1:$hport/api/task?id=$flaky" | cut -c 1-1200
+	echo "GET /metrics (tasks finished, by queue and outcome, those not zero):"
+	curl -sS "http://127.0.0.1:$hport/metrics" | grep '^tqd_tasks_finished_total' | grep -v ' 0$'
+else
+	echo "(curl is not installed: skipped)"
+fi
 
 step "tqd stops on SIGTERM: lets running tasks finish, reports, exits 0"
 kill -TERM "$tqd_pid"

@@ -16,6 +16,8 @@
 #   libtap-parser-sourcehandler-pgtap-perl pg_prove
 #   libipc-run-perl                        IPC::Run, needed by PostgreSQL::Test::*
 #   postgresql-15-cron                     pg_cron, under tq_schedule
+#   chromium, chromium-driver              headless browser and its WebDriver, for the
+#                                          dashboard's browser test (TAP 015, 017)
 #
 # pgbench ships with the server package (postgresql-15) itself.
 #
@@ -35,6 +37,8 @@ packages=(
 	libtap-parser-sourcehandler-pgtap-perl
 	libipc-run-perl
 	postgresql-15-cron
+	chromium
+	chromium-driver
 )
 
 missing=()

@@ -89,6 +89,17 @@
 #      against a server of capacity 20 (429 above it, 50 ms per request),
 #      with aimd_decrease 0.5 (the default) and 0.75, printed as a table.
 #
+# A third table, observability (issue 6), from test/bench/observability.sh
+# (sourced; it says how they are measured):
+#  10. the stats views and a dashboard's reads (tq_queue_stats,
+#      tq_queue_activity, tq_tenants, tq_queues, the newest dead tasks, dead
+#      counts, tq_task, tq_task_trace, tq_task_log by id; tq_queue_stats_exact
+#      for contrast) on a queue with 10 000 000 finished tasks in history
+#      and 1 000 000 ready over 1 000 tenants: p50/p95/max ms on the server.
+#  11. the cost of the counters and traces end to end: the same tqd on the
+#      0.4.0 SQL (none of them) and on the current one, alternating: noop
+#      tasks, and tasks that fail their first attempt (http handler).
+#
 # Every measurement is checked: the tasks (rows) actually finished must be
 # the pgbench transactions times the batch, so a backlog that ran dry shows
 # up; a run that comes out short is repeated once on a backlog twice the
@@ -110,14 +121,21 @@
 #   TQ_BENCH_PORT   port of the private socket, default 54700
 #   TQ_BENCH_SECS   seconds per measured pgbench run, default 8
 #   TQ_BENCH_SYNC=1 also the synchronous_commit = on rows (about 2 minutes
-#                   more; the defaults keep the whole run near 6 minutes,
-#                   and TQ_BENCH_SECS=12 TQ_BENCH_SYNC=1 gives the table of
-#                   0.2.0's figures, taking about 10)
+#                   more; with the defaults, rows 1 to 9 take about 11
+#                   minutes and rows 10 and 11 about 3.5 more;
+#                   TQ_BENCH_SECS=12 TQ_BENCH_SYNC=1 gives the table of
+#                   0.2.0's figures)
 #   TQ_BENCH_LAT_N  measured submits of the wake-up latency, default 500
 #   TQ_BENCH_DELAY_N  delayed tasks of the delayed-task latency, default 200
 #   TQ_BENCH_TENANTS  tenants of row 5, default 10000 (at most
 #                   tq.max_tenants - 100: each needs a shared entry)
 #   TQ_BENCH_RATE_SECS  seconds of the rate-limit run of row 6, default 30
+#   TQ_BENCH_ONLY   the rows to run, comma-separated: 1-9 (this table and
+#                   the second, which run together: later rows are measured
+#                   against earlier ones), 10, 11; default all.  Without
+#                   1-9, observability.sh runs alone, in a cluster of its own
+#   TQ_BENCH_BIG_*, TQ_BENCH_STATS_N, TQ_BENCH_OBS_*: rows 10 and 11, see
+#                   observability.sh
 #   TQ_TEST_KEEP=1  keep the cluster directory afterwards (test/cluster.sh)
 #
 # The machine's load average is printed at the start and the end: other
@@ -131,8 +149,8 @@ top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$top"
 benchdir=$top/test/bench
 
-# shellcheck source=test/cluster.sh
-. "$top/test/cluster.sh"
+# shellcheck source=test/bench/lib.sh
+. "$benchdir/lib.sh"
 
 secs=${TQ_BENCH_SECS:-8}
 port=${TQ_BENCH_PORT:-54700}
@@ -140,15 +158,17 @@ lat_n=${TQ_BENCH_LAT_N:-500}
 delay_n=${TQ_BENCH_DELAY_N:-200}
 tenants=${TQ_BENCH_TENANTS:-10000}
 rate_secs=${TQ_BENCH_RATE_SECS:-30}
-for v in "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ_BENCH_DELAY_N=$delay_n" \
-	"TQ_BENCH_TENANTS=$tenants" "TQ_BENCH_RATE_SECS=$rate_secs"; do
-	case ${v#*=} in
-	'' | *[!0-9]* | 0*)
-		echo "bench: ${v%%=*} must be a positive integer, not \"${v#*=}\"" >&2
-		exit 2
-		;;
-	esac
-done
+check_positive "TQ_BENCH_SECS=$secs" "TQ_BENCH_PORT=$port" "TQ_BENCH_LAT_N=$lat_n" "TQ_BENCH_DELAY_N=$delay_n" \
+	"TQ_BENCH_TENANTS=$tenants" "TQ_BENCH_RATE_SECS=$rate_secs"
+# TQ_BENCH_ONLY (lib.sh): rows 10 and 11 alone are observability.sh's
+# own run, in a cluster of its own.
+bench_select
+if [ "$want_main" = 0 ]; then
+	exec "$benchdir/observability.sh"
+fi
+# shellcheck source=test/bench/observability.sh
+. "$benchdir/observability.sh"
+obs_settings
 warmup_secs=3
 # Row 1, and the batch-50 lease+complete of row 3, are also measured at
 # synchronous_commit = on with TQ_BENCH_SYNC=1.
@@ -158,8 +178,6 @@ else
 	sync_modes=(off)
 fi
 many_n=100000
-# The database the background worker serves (tq.database, below).
-worker_db=bench_worker
 # Wake-up latency: warm-up submits (dropped), then lat_n, one every
 # lat_spacing ms.  Delayed tasks: run_at offsets (ms), taken in turn.
 lat_warmup=20
@@ -174,81 +192,9 @@ rate_batch=10
 # Row 7: clients of the single submits.
 submit_clients=16
 
-results=$top/test/results/bench
 mkdir -p "$results"
 log=$results/bench-$(date +%Y%m%d-%H%M%S).log
 : >"$log"
-
-# Server settings for a 2-core / 24 GiB machine.  Appended after
-# cluster.sh's own lines, so these win.  Durability: fsync and
-# full_page_writes stay on; synchronous_commit is off, which applies to tq
-# and to the floor alike.
-bench_conf="
-# Added by test/bench/run.sh.
-fsync = on
-full_page_writes = on
-synchronous_commit = off
-shared_buffers = 2GB
-effective_cache_size = 16GB
-work_mem = 32MB
-maintenance_work_mem = 1GB
-wal_buffers = 64MB
-max_wal_size = 16GB
-min_wal_size = 1GB
-checkpoint_timeout = 30min
-autovacuum_naptime = 10s
-jit = off
-log_min_messages = warning
-tq.database = '$worker_db'
-"
-shown_settings="server_version fsync synchronous_commit full_page_writes wal_level
-shared_buffers effective_cache_size work_mem maintenance_work_mem wal_buffers
-max_wal_size checkpoint_timeout autovacuum autovacuum_naptime jit max_connections
-shared_preload_libraries tq.producer_notify tq.maintenance_interval tq.database
-tq.notify_interval tq.worker_min_interval tq.worker_naptime"
-
-say() { printf '%s\n' "$*" | tee -a "$log"; }
-logonly() { printf '%s\n' "$*" >>"$log"; }
-
-# Copies the server log next to the bench log (the cluster directory goes
-# away when the cluster stops).
-save_server_log()
-{
-	if [ -n "${tq_cluster_logfile:-}" ] && [ -f "$tq_cluster_logfile" ]; then
-		cp "$tq_cluster_logfile" "${log%.log}.server.log" 2>/dev/null || true
-	fi
-}
-
-fail()
-{
-	echo "bench: $*" | tee -a "$log" >&2
-	save_server_log
-	if [ -n "${tq_cluster_logfile:-}" ] && [ -f "$tq_cluster_logfile" ]; then
-		echo "bench: last lines of the server log:" >&2
-		tail -n 20 "$tq_cluster_logfile" >&2 || true
-	fi
-	echo "bench: log: $log" >&2
-	exit 1
-}
-
-# q DB SQL...: runs each SQL in DB, prints the unaligned result.
-q()
-{
-	local db=$1 args=() s
-	shift
-	for s in "$@"; do
-		args+=(-c "$s")
-	done
-	psql -X -q -At -v ON_ERROR_STOP=1 -d "$db" "${args[@]}"
-}
-
-# clean DB: VACUUM ANALYZE the database, then CHECKPOINT, so that every
-# measured run starts without dead tuples, with fresh statistics and with
-# no checkpoint pending.
-clean()
-{
-	q "$1" 'VACUUM ANALYZE' 'CHECKPOINT' || fail "VACUUM ANALYZE of $1 failed"
-}
 
 # new_db DB: a fresh database with tq, queue "bench" and the plain table.
 new_db()
@@ -276,11 +222,6 @@ new_db()
 		"CREATE INDEX plain_ready_idx ON plain (id) WHERE state = 'ready'" ||
 		fail "could not create the plain table in $db"
 	logonly "database $db: plain table WITH (${relopts:-defaults})"
-}
-
-drop_db()
-{
-	q postgres 'SET client_min_messages = warning' "DROP DATABASE IF EXISTS $1" || fail "could not drop database $1"
 }
 
 # Counters of finished work.  tq: tasks that reached history as succeeded;
@@ -377,97 +318,6 @@ pgb()
 	fi
 }
 
-# calc EXPR: floating-point arithmetic.
-calc() { awk "BEGIN { printf \"%.6f\", $1 }"; }
-
-# server_cpu: CPU seconds the server has used so far: the postmaster and its
-# live children (backends, background worker, autovacuum, checkpointer...)
-# from /proc, plus the children it has reaped (cutime and cstime of the
-# postmaster).  The difference across a run is the server's CPU time for
-# that run, which other work on the machine hardly changes, unlike the
-# rate (row 5 shows both).  A backend that is exiting, or has exited but
-# is not reaped yet, may show no time at all while its time is not yet the
-# postmaster's either, so this first waits (up to 5 s) until no client
-# backend is left (pgbench's are exiting when pgbench returns; this
-# script's own sessions are over) and no child is ending (its command line
-# reads empty then).  Only client backends name a socket ("[local]"): the
-# cluster listens on no TCP address.
-clk_tck=$(getconf CLK_TCK)
-server_cpu()
-{
-	local pm p c busy
-	pm=$(head -n 1 "$tq_cluster_datadir/postmaster.pid")
-	for _ in $(seq 500); do
-		busy=0
-		for p in $(pgrep -P "$pm"); do
-			c=$({ tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null) || continue
-			case $c in
-			'' | *'[local]'*)
-				busy=1
-				break
-				;;
-			esac
-		done
-		[ "$busy" = 1 ] || break
-		sleep 0.01
-	done
-	{
-		cat "/proc/$pm/stat"
-		# A child may end meanwhile: its time is then in the postmaster's.
-		for p in $(pgrep -P "$pm"); do
-			cat "/proc/$p/stat" 2>/dev/null || true
-		done
-	} | awk -v pm="$pm" -v hz="$clk_tck" '
-		{
-			pid = $1
-			line = $0
-			sub(/^.*\) /, "", line)
-			split(line, f, " ")
-			# f[12], f[13]: utime, stime; f[14], f[15]: those of its reaped
-			# children.
-			t += f[12] + f[13]
-			if (pid == pm)
-				t += f[14] + f[15]
-		}
-		END { printf "%.2f", t / hz }'
-}
-
-# ---------------------------------------------------------------------------
-# The result table.
-
-rows=()
-# The second table (rows 5 to 7): a measured figure beside its reference.
-rows2=()
-
-# row MEASUREMENT TQ FLOOR RATIO TARGET MET
-row() { rows+=("$(printf '%s|%s|%s|%s|%s|%s' "$@")"); }
-# row2 MEASUREMENT MEASURED REFERENCE RATIO TARGET MET
-row2() { rows2+=("$(printf '%s|%s|%s|%s|%s|%s' "$@")"); }
-
-fmt_rate() { awk "BEGIN { printf \"%.0f\", $1 }"; }
-fmt_ratio() { awk "BEGIN { printf \"%.2f\", $1 }"; }
-fmt_1() { awk "BEGIN { printf \"%.1f\", $1 }"; }
-
-# met VALUE THRESHOLD: yes when VALUE >= THRESHOLD.
-met() { awk "BEGIN { print ($1 >= $2) ? \"yes\" : \"no\" }"; }
-
-# print_table [ARRAY HEADER_MEASURED HEADER_REFERENCE HEADER_RATIO]: the
-# rows of ARRAY (default: rows, the first table).
-print_table()
-{
-	local -n tbl=${1:-rows}
-	local r fmt='%-59s | %15s | %14s | %8s | %-22s | %s\n'
-	# shellcheck disable=SC2059
-	{
-		printf "$fmt" measurement "${2:-tq (tasks/s)}" "${3:-floor (rows/s)}" "${4:-tq/floor}" target 'met?'
-		printf '%s\n' "$(printf '%.0s-' {1..140})"
-		for r in "${tbl[@]}"; do
-			IFS='|' read -r m a b c d e <<<"$r"
-			printf "$fmt" "$m" "$a" "$b" "$c" "$d" "$e"
-		done
-	} | tee -a "$log"
-}
-
 # ---------------------------------------------------------------------------
 # The latency program (rows 1b and 1c), built before the cluster starts so
 # that a build failure costs nothing.  The EXIT trap set here is chained
@@ -483,10 +333,7 @@ cc -O2 -Wall -Wextra -Werror -I"$(pg_config --includedir)" -o "$latency" "$bench
 # ---------------------------------------------------------------------------
 # The cluster.
 
-TQ_TEST_PORT=$port TQ_TEST_CONF=$bench_conf tq_cluster_start ||
-	fail "could not start the benchmark cluster on port $port"
-# shellcheck disable=SC2154	# set by tq_cluster_start
-logonly "cluster: $tq_cluster_dir, port $port"
+bench_cluster_start "$port"
 
 # worker_serves DB: true when the background worker runs, connected to DB.
 worker_serves()
@@ -498,16 +345,7 @@ worker_serves()
 # tq_ready notifications the background worker has sent so far.
 worker_notified() { q "$worker_db" "SELECT notifications FROM tq_worker_status()"; }
 
-say "tq benchmark: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), log: $log"
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
-say "machine: nproc $(nproc), $(awk '/MemTotal/ { printf "%.1f GiB RAM", $2 / 1048576 }' /proc/meminfo), load average $load_start"
-say "server: $(q postgres 'SELECT version()')"
-say "$(pgbench --version)"
-settings_sql="SELECT string_agg(name || ' = ' || current_setting(name), ', ' ORDER BY ord)
-                FROM unnest(string_to_array(\$\$$(tr '\n' ' ' <<<"$shown_settings")\$\$, ' '))
-                     WITH ORDINALITY AS s(name, ord)
-               WHERE name <> ''"
-say "settings: $(q postgres "$settings_sql" | fold -s -w 110 | sed '2,$s/^/          /')"
+bench_header "tq benchmark"
 say "runs: pgbench -n (simple protocol), ${secs} s per measured run, ${warmup_secs} s warm-ups; VACUUM ANALYZE + CHECKPOINT before each run"
 say "latency: $lat_n submits ($lat_warmup warm-up) one per ${lat_spacing} ms; $delay_n delayed tasks, run_at offsets $delay_offsets ms in turn"
 say ""
@@ -858,7 +696,6 @@ for i in 1 2 3; do
 done
 [ "$(tq_ready "$db")" -eq $((3 * many_n)) ] || fail "tq_submit_many did not submit $((3 * many_n)) tasks"
 [ "$(plain_rows "$db")" -eq $((3 * many_n)) ] || fail "INSERT ... SELECT did not insert $((3 * many_n)) rows"
-median() { printf '%s\n' "$@" | sort -g | sed -n 2p; }
 tqm=$(median "${tq_many[@]}")
 flm=$(median "${floor_many[@]}")
 logonly "-> median: tq $tqm tasks/s, floor $flm rows/s"
@@ -1009,9 +846,6 @@ done
 # Row 5: the batch-50 cycle on a backlog spread over many tenants, each with
 # a policy row, right after the single-tenant figure above, in a database of
 # its own (bench_lease stays for the synchronous_commit rows).
-
-# thousands 12345: 12 345
-thousands() { printf '%d' "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\| \)/\1 \2\3/' -e 'ta'; }
 
 fdb=bench_fair
 new_db "$fdb"
@@ -1465,6 +1299,12 @@ rm -rf "$tqd_work"
 drop_db "$tdb"
 
 # ---------------------------------------------------------------------------
+# Rows 10 and 11 (observability.sh, which says what they measure), unless
+# TQ_BENCH_ONLY leaves them out.
+
+obs_rows
+
+# ---------------------------------------------------------------------------
 
 say ""
 print_table
@@ -1493,6 +1333,10 @@ say "  aimd_decrease 0.75:          $conv_075"
 say "  t (s)   window (0.5)  throttled/answers   window (0.75)  throttled/answers   (answers per 0.5 s; one row per second)"
 paste -d' ' <(awk '{ printf "%s %s %s/%s\n", $1, $2, $4, $3 }' "$trace_05") <(awk '{ printf "%s %s/%s\n", $2, $4, $3 }' "$trace_075") |
 	awk 'NR % 2 == 1 { printf "  %5s   %12s  %17s   %13s  %17s\n", $1, $2, $3, $4, $5 }' | head -40 | tee -a "$log"
+if [ "${#rows3[@]}" -gt 0 ]; then
+	say ""
+	obs_print
+fi
 say "load average at the start: $load_start; at the end: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores: other work on the machine is noise)."
 save_server_log
 say "raw pgbench output: $log"

@@ -5,16 +5,16 @@ SET LOCAL client_min_messages = warning;
 SELECT plan(44);
 
 SELECT has_function('public', 'tq_submit',
-    ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone'],
-    'tq_submit(queue, payload, run_at, priority, tenant, dedup_key, max_attempts, timeout, expires_at) exists');
+    ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone', 'text'],
+    'tq_submit(queue, payload, run_at, priority, tenant, dedup_key, max_attempts, timeout, expires_at, traceparent) exists');
 SELECT has_function('public', 'tq_submit_many',
-    ARRAY['text', 'jsonb[]', 'timestamp with time zone', 'integer', 'text', 'text[]', 'integer', 'interval', 'timestamp with time zone'],
-    'tq_submit_many(queue, payloads, run_at, priority, tenant, dedup_keys, max_attempts, timeout, expires_at) exists');
+    ARRAY['text', 'jsonb[]', 'timestamp with time zone', 'integer', 'text', 'text[]', 'integer', 'interval', 'timestamp with time zone', 'text'],
+    'tq_submit_many(queue, payloads, run_at, priority, tenant, dedup_keys, max_attempts, timeout, expires_at, traceparent) exists');
 SELECT function_returns('public', 'tq_submit',
-    ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone'],
+    ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone', 'text'],
     'bigint', 'tq_submit returns the task id (bigint)');
 SELECT function_returns('public', 'tq_submit_many',
-    ARRAY['text', 'jsonb[]', 'timestamp with time zone', 'integer', 'text', 'text[]', 'integer', 'interval', 'timestamp with time zone'],
+    ARRAY['text', 'jsonb[]', 'timestamp with time zone', 'integer', 'text', 'text[]', 'integer', 'interval', 'timestamp with time zone', 'text'],
     'bigint[]', 'tq_submit_many returns the task ids (bigint[])');
 
 SELECT tq_create_queue('s1', max_attempts => 5);

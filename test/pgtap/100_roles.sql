@@ -164,7 +164,7 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
 SELECT is(ARRAY(SELECT signature FROM tq_functions
                  WHERE prosecdef AND NOT ('search_path=pg_catalog, pg_temp' = ANY (coalesce(proconfig, '{}')))
                  ORDER BY 1),
-          ARRAY['tq_submit(text,jsonb,timestamp with time zone,integer,text,text,integer,interval,timestamp with time zone)'],
+          ARRAY['tq_submit(text,jsonb,timestamp with time zone,integer,text,text,integer,interval,timestamp with time zone,text)'],
     'every SECURITY DEFINER function of the extension has SET search_path = pg_catalog, pg_temp, but tq_submit (C; every name in its queries is schema-qualified)');
 SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
                  WHERE f.prosecdef AND p.proowner <> (SELECT extowner FROM pg_extension WHERE extname = 'tq')

@@ -3,7 +3,7 @@
 -- counts are added when the finishing transaction commits.  The queue
 -- act_q is dropped at the end.
 SET client_min_messages = warning;
-SELECT plan(12);
+SELECT plan(14);
 
 SELECT has_view('tq_queue_activity', 'view tq_queue_activity exists');
 SELECT has_view('tq_dead', 'view tq_dead exists');
@@ -43,6 +43,22 @@ SELECT ok(obj_description('tq_queue_activity'::regclass) IS NOT NULL AND obj_des
           'both views have a comment (\dv+)');
 SELECT throws_ok($$ SELECT * FROM tq.activity(16) $$, '22023', 'minutes must be between 1 and 15',
                  'the shared counters keep 15 minutes');
+
+-- Dropping the queue forgets its counters, at commit: a rolled-back drop
+-- keeps them, and a queue made again under the same name starts from zero.
+BEGIN;
+SELECT tq_drop_queue('act_q', force => true);
+ROLLBACK;
+SELECT results_eq(
+    $$ SELECT succeeded, failed, dead, other FROM tq_queue_activity WHERE queue = 'act_q' AND window_minutes = 15 $$,
+    $$ VALUES (6::bigint, 4::bigint, 4::bigint, 1::bigint) $$,
+    'a rolled-back tq_drop_queue keeps the counters');
+SELECT tq_drop_queue('act_q', force => true);
+SELECT tq_create_queue('act_q');
+SELECT results_eq(
+    $$ SELECT succeeded, failed, dead, other FROM tq_queue_activity WHERE queue = 'act_q' AND window_minutes = 15 $$,
+    $$ VALUES (0::bigint, 0::bigint, 0::bigint, 0::bigint) $$,
+    'a queue dropped and made again under the same name starts from zero');
 
 SELECT count(tq_drop_queue(name, force => true)) FROM tq.queue WHERE name = 'act_q';
 

@@ -43,8 +43,6 @@ use TqdHarness;
 my $src = $ENV{TQ_SRCDIR} or die "TQ_SRCDIR is not set (run through test/run-tests.sh)";
 my $tqd = $ENV{TQ_TQD_BIN} // "$src/worker/tqd";
 my $sanitized = defined $ENV{TQ_TQD_BIN};
-my $httpd = "$src/worker/test/tqtest_httpd";
--x $httpd or BAIL_OUT("$httpd is not built (make -C worker check)");
 
 my $node = tq_node('http', '100ms');
 $node->safe_psql(
@@ -73,47 +71,12 @@ my $port = $node->port;
 TqdHarness::setup(node => $node, dir => $dir, tqd => $tqd, sanitized => $sanitized);
 
 # ---------------------------------------------------------------------------
-# The HTTP servers: plain, capacity 20, TLS.
-my %servers;
-
-sub start_server
-{
-	my ($name, @args) = @_;
-	my $out = "$dir/httpd-$name.out";
-	my $log = "$dir/httpd-$name.log";
-	my $pid = fork();
-	die "fork: $!" unless defined $pid;
-	if ($pid == 0)
-	{
-		open(STDIN, '<', '/dev/null');
-		open(STDOUT, '>', $out);
-		open(STDERR, '>&', \*STDOUT);
-		exec($httpd, '--log', $log, @args) or die "exec $httpd: $!";
-	}
-	my $deadline = time + 10;
-	my $port;
-	while (time < $deadline)
-	{
-		($port) = (-e $out ? slurp_file($out) : '') =~ /listening port=(\d+)/;
-		last if $port;
-		usleep(20_000);
-	}
-	die "$name: the test server did not start: " . (-e $out ? slurp_file($out) : '') unless $port;
-	$servers{$name} = { pid => $pid, port => $port, log => $log };
-	return $port;
-}
-
-END
-{
-	kill 'TERM', $_->{pid} for values %servers;
-}
-
 # The server's request log: a list of { t, path, task, attempt, status, inflight }.
 sub requests
 {
 	my $name = shift;
 	my @r;
-	for my $line (split /\n/, slurp_file($servers{$name}{log}))
+	for my $line (split /\n/, slurp_file(httpd_log($name)))
 	{
 		my %f = $line =~ /(\w+)=(\S+)/g;
 		push @r, \%f;
@@ -126,12 +89,13 @@ sub server_stats
 	my ($name, $reset) = @_;
 	my $out = '';
 	my $path = $reset ? 'stats/reset' : 'stats';
-	IPC::Run::run([ 'curl', '-s', "http://127.0.0.1:$servers{$name}{port}/$path" ], '>', \$out);
+	IPC::Run::run([ 'curl', '-s', "http://127.0.0.1:" . httpd_port($name) . "/$path" ], '>', \$out);
 	return $out;
 }
 
-my $plain = start_server('plain');
-my $capped = start_server('capped', '--capacity', '20', '--delay-ms', '100');
+# The HTTP servers: plain, capacity 20, TLS.
+my $plain = start_httpd('plain');
+my $capped = start_httpd('capped', '--capacity', '20', '--delay-ms', '100');
 
 # A self-signed certificate for 127.0.0.1.
 my $cert = "$dir/cert.pem";
@@ -143,7 +107,7 @@ IPC::Run::run(
 		'-days', '2', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'
 	],
 	'>', \$ssl_out, '2>&1') or die "openssl: $ssl_out";
-my $tls = start_server('tls', '--tls-cert', $cert, '--tls-key', $key);
+my $tls = start_httpd('tls', '--tls-cert', $cert, '--tls-key', $key);
 
 my $base = "http://127.0.0.1:$plain";
 my $conf = "$dir/tqd.conf";

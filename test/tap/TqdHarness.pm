@@ -11,6 +11,9 @@
 #   wait_exit($name, $secs)   its exit status (128 + signal), undef on timeout
 #   tqd_log($name), poll_log($name, $re), poll_count($name, $re, $n)
 #   sq($sql), poll($sql, $secs)  queries on the node; poll waits for 't'
+#   start_httpd($name, @args) worker/test/tqtest_httpd (the http handler's
+#                             test server) with @args; its port.  httpd_port,
+#                             httpd_log($name): its port, its request log
 #   no_sanitizer_reports()    with sanitized tqd: asserts that none wrote a report
 #
 # Every wait polls a condition with a deadline.  An END block kills any tqd
@@ -29,7 +32,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(tq_node start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
-  no_sanitizer_reports);
+  no_sanitizer_reports start_httpd httpd_port httpd_log);
 
 my %opt;
 my %procs;
@@ -86,12 +89,49 @@ sub start_tqd
 
 sub tqd_pid { return $procs{ $_[0] }{pid}; }
 
+my %servers;
+
+sub start_httpd
+{
+	my ($name, @args) = @_;
+	my $dir = $opt{dir};
+	my $bin = "$ENV{TQ_SRCDIR}/worker/test/tqtest_httpd";
+	-x $bin or BAIL_OUT("$bin is not built (make -C worker check)");
+	my $out = "$dir/httpd-$name.out";
+	my $log = "$dir/httpd-$name.log";
+	my $pid = fork();
+	die "fork: $!" unless defined $pid;
+	if ($pid == 0)
+	{
+		open(STDIN, '<', '/dev/null');
+		open(STDOUT, '>', $out);
+		open(STDERR, '>&', \*STDOUT);
+		exec($bin, '--log', $log, @args) or die "exec $bin: $!";
+	}
+	$servers{$name} = { pid => $pid, log => $log };
+	my $deadline = time + 10;
+	my $port;
+	while (time < $deadline)
+	{
+		($port) = (-e $out ? slurp_file($out) : '') =~ /listening port=(\d+)/;
+		last if $port;
+		usleep(20_000);
+	}
+	die "$name: the test server did not start: " . (-e $out ? slurp_file($out) : '') unless $port;
+	$servers{$name}{port} = $port;
+	return $port;
+}
+
+sub httpd_port { return $servers{ $_[0] }{port}; }
+sub httpd_log { return $servers{ $_[0] }{log}; }
+
 END
 {
 	for my $p (values %procs)
 	{
 		kill 'KILL', $p->{pid} unless $p->{reaped};
 	}
+	kill 'TERM', $_->{pid} for values %servers;
 }
 
 sub started

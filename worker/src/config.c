@@ -112,6 +112,7 @@ static bool check_headers(void *base, char *msg, size_t msglen);
 static bool check_ca_file(void *base, char *msg, size_t msglen);
 static bool check_aimd_min(void *base, char *msg, size_t msglen);
 static bool check_metrics_listen(void *base, char *msg, size_t msglen);
+static bool check_dashboard(void *base, char *msg, size_t msglen);
 
 #define MS 0.001
 #define MIN 60.0
@@ -165,6 +166,10 @@ static const KeyDef keys[] = {
 	G(metrics_listen, KT_STRING, "", 0, 0, .check = check_metrics_listen,
 	  .desc = "Address of the HTTP endpoint for /metrics (Prometheus), /healthz and /readyz, "
 			  "e.g. 127.0.0.1:9187 (port 0: any free port, logged); empty = off."),
+	G(dashboard, KT_ENUM, "off", 0, 0, .names = off_on_names, .check = check_dashboard,
+	  .desc = "Serve the read-only dashboard (queues, rates, dead tasks, a task's attempts, "
+			  "log and result) at / on metrics_listen.  It shows task payloads, errors and "
+			  "results: keep the address private, or put an authenticating proxy in front."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
 	  .desc = "Least severe messages logged."),
 
@@ -214,8 +219,8 @@ static const KeyDef keys[] = {
 	  .check = check_headers,
 	  .desc = "Extra request headers, \"Name: value\", one per line (continue on indented "
 			  "lines).  tqd sets Content-Type: application/json unless given here, and "
-			  "X-TQ-Task-Id, X-TQ-Attempt, X-TQ-Queue, X-TQ-Tenant and X-TQ-Deadline, which "
-			  "cannot be set here."),
+			  "X-TQ-Task-Id, X-TQ-Attempt, X-TQ-Queue, X-TQ-Tenant, X-TQ-Deadline and (for a "
+			  "task that has one) traceparent, which cannot be set here."),
 	Q(tls_verify, KT_ENUM, "on", 0, 0, .names = off_on_names, .handlers = ONLY(HANDLER_HTTP),
 	  .desc = "Check the server's TLS certificate and host name (https)."),
 	Q(ca_file, KT_STRING, "", 0, 0, .handlers = ONLY(HANDLER_HTTP), .check = check_ca_file,
@@ -880,8 +885,9 @@ is_tchar(char ch)
 
 /*
  * One "Name: value" per line.  The names tqd sets itself for every task
- * (X-TQ-*), and those that describe the body curl sends (Content-Length,
- * Transfer-Encoding), cannot be set: a fixed value there would be wrong.
+ * (X-TQ-*, and traceparent for tasks that carry one), and those that
+ * describe the body curl sends (Content-Length, Transfer-Encoding), cannot
+ * be set: a fixed value there would be wrong.
  */
 static bool
 check_headers(void *base, char *msg, size_t msglen)
@@ -924,6 +930,14 @@ check_headers(void *base, char *msg, size_t msglen)
 			(nlen >= 5 && strncasecmp(s, "X-TQ-", 5) == 0))
 		{
 			snprintf(msg, msglen, "header \"%.*s\" cannot be set: tqd sets it for each request",
+					 (int) nlen, s);
+			goto fail;
+		}
+		/* A fixed trace context would hide each task's own (W3C Trace Context). */
+		if (nlen == 11 && strncasecmp(s, "traceparent", nlen) == 0)
+		{
+			snprintf(msg, msglen,
+					 "header \"%.*s\" cannot be set: tqd sets it from each task's traceparent",
 					 (int) nlen, s);
 			goto fail;
 		}
@@ -990,6 +1004,19 @@ check_metrics_listen(void *base, char *msg, size_t msglen)
 
 	return c->metrics_listen[0] == '\0' ||
 		   httpd_parse_addr(c->metrics_listen, &ss, &len, msg, msglen) == 0;
+}
+
+static bool
+check_dashboard(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+
+	if (c->dashboard && c->metrics_listen[0] == '\0')
+	{
+		snprintf(msg, msglen, "on needs metrics_listen: the dashboard is served there");
+		return false;
+	}
+	return true;
 }
 
 static bool
@@ -1696,6 +1723,14 @@ log_level_name(LogLevel l)
 	if ((int) l < 0 || (int) l >= (int) lengthof(log_level_names) - 1)
 		return "unknown";
 	return log_level_names[l];
+}
+
+const char *
+handler_name(HandlerKind h)
+{
+	if ((int) h < 0 || (int) h >= (int) lengthof(handler_names) - 1)
+		return "unknown";
+	return handler_names[h];
 }
 
 /* Prints text as "; " comment lines of at most 78 columns. */

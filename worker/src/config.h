@@ -103,6 +103,7 @@ typedef struct Config
 	double connect_timeout;    /* s: one connection attempt at most */
 	double status_interval;    /* s: status line per http endpoint; 0 = never */
 	char *metrics_listen;      /* address of /metrics; "" = off */
+	int dashboard;             /* serve the dashboard on metrics_listen (0/1) */
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;
@@ -134,5 +135,7 @@ extern void free_argv(char **argv);
 extern void config_print_defaults(FILE *out);
 
 extern const char *log_level_name(LogLevel l);
+/* The handler's name as written in the file ("exec"); "unknown" out of range. */
+extern const char *handler_name(HandlerKind h);
 
 #endif

@@ -260,24 +260,28 @@ env_name_len(const char *entry)
 	return strcspn(entry, "=");
 }
 
-/* Whether some NAME=VALUE entry of list names the same variable as entry. */
+/*
+ * Whether some entry of list, NAME=VALUE or a bare NAME, names the same
+ * variable as entry.
+ */
 static bool
 env_named_in(const char *entry, char *const *list)
 {
 	size_t len = env_name_len(entry);
 
 	for (; list && *list; list++)
-		if (env_name_len(*list) == len && (*list)[len] == '=' && memcmp(*list, entry, len) == 0)
+		if (env_name_len(*list) == len && ((*list)[len] == '=' || (*list)[len] == '\0') &&
+			memcmp(*list, entry, len) == 0)
 			return true;
 	return false;
 }
 
 /*
  * The child's environment: tqd's environ without the variables that extra
- * sets, then extra (of two same-named entries in extra the later wins;
- * entries without '=' are skipped).  The array points into environ and
- * extra, which stay put until the fork; it is built here because the child
- * may not call malloc.
+ * names, then extra's NAME=VALUE entries (of two entries in extra for one
+ * variable the later wins; a bare NAME unsets it).  The array points into
+ * environ and extra, which stay put until the fork; it is built here
+ * because the child may not call malloc.
  */
 static char **
 build_env(char *const *extra)

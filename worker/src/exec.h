@@ -38,7 +38,7 @@
 typedef struct ExecSpec
 {
 	char *const *argv; /* argv[0] is looked up in PATH if it has no '/' */
-	char *const *env;  /* extra NAME=VALUE entries added to tqd's own */
+	char *const *env;  /* NAME=VALUE entries added to tqd's own; a bare NAME unsets it */
 	const char *input; /* written to stdin, then stdin is closed */
 	size_t input_len;
 	double timeout;       /* s; 0 = none */

@@ -201,6 +201,19 @@ http_describe(const HttpResult *r, double timeout, char *buf, size_t len)
 	}
 }
 
+bool
+http_traceparent_ok(const char *value)
+{
+	size_t n = 0;
+
+	if (value == NULL)
+		return false;
+	for (; value[n] != '\0'; n++)
+		if ((unsigned char) value[n] <= 0x20 || (unsigned char) value[n] >= 0x7f)
+			return false;
+	return n > 0 && n <= TRACEPARENT_MAX;
+}
+
 /* ------------------------------------------------------------------------
  * curl on the loop
  * ------------------------------------------------------------------------

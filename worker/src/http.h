@@ -107,4 +107,16 @@ extern double http_parse_retry_after(const char *value, time_t now);
  */
 extern void http_describe(const HttpResult *r, double timeout, char *buf, size_t len);
 
+/* Longest traceparent tqd hands on: tq's own limit. */
+#define TRACEPARENT_MAX 512
+
+/*
+ * Whether a task's W3C traceparent can be handed on as it is (pure,
+ * unit-tested): 1 to TRACEPARENT_MAX printable ASCII characters without
+ * blanks.  tq checked it at submit; this keeps a value written around
+ * tq's check (an UPDATE of tq.task) from splitting a request header or
+ * an environment entry.  tqd forwards it unchanged; it creates no spans.
+ */
+extern bool http_traceparent_ok(const char *value);
+
 #endif

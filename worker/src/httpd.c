@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +35,34 @@ struct Httpd
 	int port; /* bound */
 	HttpdHandler fn;
 	void *arg;
-	ev_io io;       /* MHD's epoll descriptor */
-	ev_timer timer; /* MHD's timeout */
+	ev_io io;          /* MHD's epoll descriptor */
+	ev_timer timer;    /* MHD's timeout */
+	HttpdReq *waiting; /* requests whose handler answers later */
+};
+
+/*
+ * A request from MHD's first call of answer() until both MHD is done with
+ * it (request_completed) and, for a later answer, the handler has given it
+ * (httpd_reply): whichever comes last frees it.
+ */
+typedef enum ReqState
+{
+	REQ_NEW,     /* headers seen */
+	REQ_WAITING, /* suspended until httpd_reply */
+	REQ_READY,   /* resumed with the answer kept here */
+} ReqState;
+
+struct HttpdReq
+{
+	HttpdReq *next, *prev; /* Httpd.waiting */
+	Httpd *h;
+	struct MHD_Connection *conn;
+	ReqState state;
+	bool in_mhd;  /* MHD still has the connection */
+	bool in_user; /* the handler still owes an httpd_reply */
+	int status;
+	const char *type;
+	Buf body;
 };
 
 void
@@ -100,21 +127,83 @@ timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	run(CONTAINER(w, Httpd, timer));
 }
 
+static void
+unlink_waiting(HttpdReq *r)
+{
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		r->h->waiting = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	r->next = r->prev = NULL;
+}
+
+static void
+free_req(HttpdReq *r)
+{
+	free(r->body.data);
+	free(r);
+}
+
+static enum MHD_Result
+send_answer(struct MHD_Connection *conn, int status, const char *type, Buf *body)
+{
+	struct MHD_Response *resp;
+	enum MHD_Result ret;
+
+	resp = MHD_create_response_from_buffer(body->len, body->data ? body->data : (void *) "",
+										   body->data ? MHD_RESPMEM_MUST_FREE
+													  : MHD_RESPMEM_PERSISTENT);
+	if (resp == NULL)
+	{
+		free(body->data);
+		*body = (Buf){0};
+		return MHD_NO;
+	}
+	*body = (Buf){0}; /* the response owns it now */
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+	/* Read-only pages of our own: nothing from elsewhere, no framing. */
+	MHD_add_response_header(resp, "Content-Security-Policy",
+							"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+							"form-action 'self'");
+	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+	ret = MHD_queue_response(conn, (unsigned) status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
 static enum MHD_Result
 answer(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
 	   const char *version, const char *upload_data, size_t *upload_data_size, void **con_cls)
 {
 	Httpd *h = cls;
+	HttpdReq *r = *con_cls;
 	Buf body = {0};
 	const char *type = "text/plain; charset=utf-8";
-	struct MHD_Response *resp;
-	enum MHD_Result ret;
 	int status;
 
-	if (*con_cls == NULL)
+	if (r == NULL)
 	{
 		/* First call: headers only.  Answer on the second. */
-		*con_cls = h;
+		r = calloc(1, sizeof(HttpdReq));
+		if (r == NULL)
+			return MHD_NO;
+		r->h = h;
+		r->conn = conn;
+		r->in_mhd = true;
+		*con_cls = r;
+		return MHD_YES;
+	}
+	if (r->state == REQ_READY)
+		return send_answer(conn, r->status, r->type, &r->body);
+	if (r->state == REQ_WAITING)
+		return MHD_YES; /* not resumed yet: cannot happen, but harmless */
+	if (*upload_data_size > 0)
+	{
+		*upload_data_size = 0; /* a body we do not want: read and drop it */
 		return MHD_YES;
 	}
 	if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
@@ -123,20 +212,65 @@ answer(void *cls, struct MHD_Connection *conn, const char *url, const char *meth
 		status = MHD_HTTP_METHOD_NOT_ALLOWED;
 	}
 	else
-		status = h->fn(url, &body, &type, h->arg);
-	resp =
-		MHD_create_response_from_buffer(body.len, body.data ? body.data : (void *) "",
-										body.data ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
-	if (resp == NULL)
+		status = h->fn(r, url, &body, &type, h->arg);
+	if (status == HTTPD_LATER)
 	{
 		free(body.data);
-		return MHD_NO;
+		r->state = REQ_WAITING;
+		r->in_user = true;
+		r->next = h->waiting;
+		if (h->waiting)
+			h->waiting->prev = r;
+		h->waiting = r;
+		MHD_suspend_connection(conn);
+		return MHD_YES;
 	}
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
-	ret = MHD_queue_response(conn, (unsigned) status, resp);
-	MHD_destroy_response(resp);
-	return ret;
+	return send_answer(conn, status, type, &body);
+}
+
+/* MHD is done with a connection's request (answered, failed, or shut down). */
+static void
+request_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+				  enum MHD_RequestTerminationCode toe)
+{
+	HttpdReq *r = *con_cls;
+
+	if (r == NULL)
+		return;
+	*con_cls = NULL;
+	r->in_mhd = false;
+	if (!r->in_user)
+		free_req(r);
+}
+
+const char *
+httpd_query(HttpdReq *req, const char *key)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+void
+httpd_reply(HttpdReq *r, int status, const char *content_type, Buf *body)
+{
+	r->in_user = false;
+	if (!r->in_mhd || r->state != REQ_WAITING)
+	{
+		/* The server stopped (and answered) meanwhile. */
+		free(body->data);
+		*body = (Buf){0};
+		if (!r->in_mhd)
+			free_req(r);
+		return;
+	}
+	unlink_waiting(r);
+	r->status = status;
+	r->type = content_type;
+	r->body = *body;
+	*body = (Buf){0};
+	r->state = REQ_READY;
+	MHD_resume_connection(r->conn);
+	/* MHD must run to notice; do it on this loop turn's way out. */
+	ev_feed_event(r->h->loop, &r->h->io, EV_READ);
 }
 
 int
@@ -238,10 +372,11 @@ httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg, 
 	getsockname(h->fd, (struct sockaddr *) &ss, &len);
 	h->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *) &ss)->sin_port
 											: ((struct sockaddr_in6 *) &ss)->sin6_port);
-	h->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG, 0, NULL, NULL, answer, h,
-							  MHD_OPTION_LISTEN_SOCKET, h->fd, MHD_OPTION_CONNECTION_LIMIT,
-							  (unsigned int) 64, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 10,
-							  MHD_OPTION_END);
+	h->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME, 0, NULL,
+							  NULL, answer, h, MHD_OPTION_LISTEN_SOCKET, h->fd,
+							  MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
+							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 64,
+							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 10, MHD_OPTION_END);
 	if (h->mhd == NULL)
 	{
 		snprintf(err, errlen, "libmicrohttpd could not start on %s", addr);
@@ -279,6 +414,23 @@ httpd_stop(Httpd *h)
 {
 	if (h == NULL)
 		return;
+	/*
+	 * MHD must not stop with suspended connections: answer those still
+	 * waiting (their handlers' later httpd_reply only frees them), let MHD
+	 * take the answers, then stop, which ends every connection.
+	 */
+	while (h->waiting)
+	{
+		HttpdReq *r = h->waiting;
+
+		unlink_waiting(r);
+		r->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+		r->type = "text/plain; charset=utf-8";
+		buf_printf(&r->body, "tqd is stopping\n");
+		r->state = REQ_READY;
+		MHD_resume_connection(r->conn);
+	}
+	MHD_run(h->mhd);
 	ev_io_stop(h->loop, &h->io);
 	ev_timer_stop(h->loop, &h->timer);
 	MHD_stop_daemon(h->mhd); /* closes the listening socket too */

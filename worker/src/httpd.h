@@ -1,11 +1,17 @@
 /*
  * httpd.h
- *	  tqd's own small HTTP server (/metrics, /healthz): libmicrohttpd run
- *	  from the libev loop, not in a thread of its own.  libmicrohttpd in
- *	  epoll mode exposes one descriptor; an ev_io on it and an ev_timer on
- *	  MHD_get_timeout call MHD_run, which answers whatever is ready without
- *	  blocking.  Handlers run on the loop, so they may read tqd's state
- *	  without locks.
+ *	  tqd's own small HTTP server (/metrics, /healthz, the dashboard):
+ *	  libmicrohttpd run from the libev loop, not in a thread of its own.
+ *	  libmicrohttpd in epoll mode exposes one descriptor; an ev_io on it and
+ *	  an ev_timer on MHD_get_timeout call MHD_run, which answers whatever is
+ *	  ready without blocking.  Handlers run on the loop, so they may read
+ *	  tqd's state without locks.
+ *
+ *	  A handler that needs the database answers later: it returns
+ *	  HTTPD_LATER, keeps the request, and calls httpd_reply when its query
+ *	  is back (the connection is suspended meanwhile, so the loop goes on).
+ *	  httpd_reply must be called exactly once for such a request, also after
+ *	  httpd_stop (the request is then only freed).
  */
 #ifndef TQD_HTTPD_H
 #define TQD_HTTPD_H
@@ -26,11 +32,30 @@ typedef struct Buf
 
 extern void buf_printf(Buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One request being answered. */
+typedef struct HttpdReq HttpdReq;
+
+/* A handler's return value: the answer comes later, by httpd_reply. */
+#define HTTPD_LATER 0
+
 /*
  * Answers one GET: fills body (and content_type, a static string) and
- * returns the HTTP status.  The body is sent and freed by httpd.
+ * returns the HTTP status; the body is sent and freed by httpd.  Or
+ * returns HTTPD_LATER, leaving body empty, and answers with httpd_reply.
  */
-typedef int (*HttpdHandler)(const char *path, Buf *body, const char **content_type, void *arg);
+typedef int (*HttpdHandler)(HttpdReq *req, const char *path, Buf *body, const char **content_type,
+							void *arg);
+
+/*
+ * A parameter of the request's query string (?id=12), or NULL; only while
+ * the handler runs.
+ */
+extern const char *httpd_query(HttpdReq *req, const char *key);
+/*
+ * The answer to a request whose handler returned HTTPD_LATER: takes body
+ * (its data is freed by httpd); content_type is a static string.
+ */
+extern void httpd_reply(HttpdReq *req, int status, const char *content_type, Buf *body);
 
 /*
  * Listens on addr ("127.0.0.1:9187", "[::1]:9187", "0.0.0.0:9187"; port 0

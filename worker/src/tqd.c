@@ -61,6 +61,7 @@
 #include "aimd.h"
 #include "exec.h"
 #include "http.h"
+#include "dashboard.h"
 #include "httpd.h"
 #include "log.h"
 #include "pgconn.h"
@@ -156,8 +157,9 @@ typedef struct Task
 	int attempt;
 	char *tenant;
 	char *payload;
-	double timeout;   /* s; 0 = none */
-	double lease_len; /* s, as leased */
+	char *traceparent; /* W3C trace context handed to the handler, or NULL */
+	double timeout;    /* s; 0 = none */
+	double lease_len;  /* s, as leased */
 	TaskState state;
 	Report report;
 	bool stopping; /* stop asked (cancel, lease lost, drain) */
@@ -231,6 +233,7 @@ struct Daemon
 	ev_timer status_timer; /* status_interval: endpoint status lines */
 	/* /metrics and /healthz */
 	Httpd *httpd;             /* NULL when metrics_listen is empty */
+	Dashboard *dash;          /* NULL until dashboard = on */
 	Histogram lease_rtt;      /* tq_lease round trips */
 	Histogram report_rtt;     /* outcome batch round trips */
 	long long disconnects[4]; /* work, report, listen, sql handler connections */
@@ -245,6 +248,7 @@ static void stop_task(Task *t, Report report);
 static void maybe_finish_stop(Daemon *d);
 static void begin_stopping(Daemon *d, bool fast);
 static void set_status_timer(Daemon *d);
+static void sync_dashboard(Daemon *d);
 static json_t *text_result(const char *text, size_t len, bool try_json, const char *what);
 
 /* ------------------------------------------------------------------------
@@ -459,6 +463,7 @@ free_task(Task *t)
 	free(t->error);
 	free(t->tenant);
 	free(t->payload);
+	free(t->traceparent);
 	free(t);
 }
 
@@ -608,11 +613,19 @@ text_result(const char *text, size_t len, bool try_json, const char *what)
 	return v;
 }
 
+/*
+ * The task's variables for its program (exec_start copies them before it
+ * returns).  TRACEPARENT, the OpenTelemetry name for a trace context in
+ * the environment, is the task's, or unset when it has none: a program
+ * must not join tqd's own trace (tqd's environment may have one) as if it
+ * were the task's; TRACESTATE, which belongs to a TRACEPARENT, likewise.
+ */
 static char **
 task_env(Task *t)
 {
 	static char bufs[5][512];
-	static char *env[6];
+	static char traceparent[sizeof("TRACEPARENT=") + TRACEPARENT_MAX];
+	static char *env[8];
 	char deadline[64];
 
 	snprintf(bufs[0], sizeof(bufs[0]), "TQ_TASK_ID=%lld", t->id);
@@ -623,7 +636,14 @@ task_env(Task *t)
 	snprintf(bufs[4], sizeof(bufs[4]), "TQ_DEADLINE=%s", deadline);
 	for (int i = 0; i < 5; i++)
 		env[i] = bufs[i];
-	env[5] = NULL;
+	/* A bare name unsets the variable (exec.h). */
+	if (t->traceparent)
+		snprintf(traceparent, sizeof(traceparent), "TRACEPARENT=%s", t->traceparent);
+	else
+		snprintf(traceparent, sizeof(traceparent), "TRACEPARENT");
+	env[5] = traceparent;
+	env[6] = "TRACESTATE";
+	env[7] = NULL;
 	return env;
 }
 
@@ -827,7 +847,7 @@ sql_send(SqlConn *s, Task *t)
 	char sql[512];
 	char timeout[32];
 	const char *tp[1];
-	const char *cp[1] = {t->payload};
+	const char *cp[2] = {t->payload, t->traceparent};
 
 	if (t->queue->conf == NULL || t->queue->conf->handler != HANDLER_SQL)
 	{
@@ -837,17 +857,31 @@ sql_send(SqlConn *s, Task *t)
 		task_done(t, REPORT_RELEASE);
 		return;
 	}
-	/* The function name was checked at load time: [schema.]identifier. */
-	snprintf(sql, sizeof(sql),
-			 "SELECT pg_catalog.pg_typeof(r)::text, r::text FROM (SELECT %s($1::jsonb) AS r) s",
-			 t->queue->conf->function);
+	/*
+	 * The function name was checked at load time: [schema.]identifier.  A
+	 * task with a traceparent runs with tq.traceparent set for its
+	 * transaction, so that the tasks the function submits join the trace:
+	 * the function is called once per row of the subquery that sets it
+	 * (which a volatile target list keeps from being flattened), so after
+	 * it.  Without one, the setting is not named at all: the server may
+	 * run an older tq that does not know it.
+	 */
+	if (t->traceparent)
+		snprintf(sql, sizeof(sql),
+				 "SELECT pg_catalog.pg_typeof(r)::text, r::text FROM (SELECT %s($1::jsonb) AS r"
+				 " FROM (SELECT pg_catalog.set_config('tq.traceparent', $2, true)) c) s",
+				 t->queue->conf->function);
+	else
+		snprintf(sql, sizeof(sql),
+				 "SELECT pg_catalog.pg_typeof(r)::text, r::text FROM (SELECT %s($1::jsonb) AS r) s",
+				 t->queue->conf->function);
 	snprintf(timeout, sizeof(timeout), "%.0f", t->timeout > 0 ? ceil(t->timeout * 1000) : 0.0);
 	tp[0] = timeout;
 	s->task = t;
 	t->sql = s;
 	if (!pgc_send(s->conn, "SELECT pg_catalog.set_config('statement_timeout', $1, false)", 1, tp,
 				  sql_ignore, NULL) ||
-		!pgc_send(s->conn, sql, 1, cp, sql_result, s))
+		!pgc_send(s->conn, sql, t->traceparent ? 2 : 1, cp, sql_result, s))
 	{
 		/* The connection broke: sql_event hands the task over again. */
 		return;
@@ -1019,6 +1053,7 @@ start_http(Task *t)
 	const QueueConf *qc = t->queue->conf;
 	Daemon *d = t->d;
 	char hid[48], hatt[32], hqueue[128], htenant[256], hdeadline[64];
+	char htrace[sizeof("traceparent: ") + TRACEPARENT_MAX];
 	const char *headers[8 + 64];
 	int nh = 0;
 	HttpSpec spec;
@@ -1042,6 +1077,12 @@ start_http(Task *t)
 		headers[nh++] = htenant;
 	if (t->timeout > 0)
 		headers[nh++] = hdeadline;
+	/* W3C Trace Context's own header, as the task's submitter gave it. */
+	if (t->traceparent)
+	{
+		snprintf(htrace, sizeof(htrace), "traceparent: %s", t->traceparent);
+		headers[nh++] = htrace;
+	}
 	if (!qc->has_content_type)
 		headers[nh++] = "Content-Type: application/json";
 	for (char **h = qc->header_list; h && *h && nh < (int) lengthof(headers) - 1; h++)
@@ -1114,6 +1155,7 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	Daemon *d = lc->d;
 	Queue *q = lc->q;
 	int n;
+	int c_id, c_attempt, c_payload, c_tenant, c_timeout, c_lease, c_trace;
 
 	q->leasing = false;
 	if (lc->ep)
@@ -1133,23 +1175,55 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 		return; /* the poll timer tries again */
 	}
 	n = PQntuples(res);
+	/*
+	 * Columns by name: tq_lease gained traceparent in 0.6.0, and tqd works
+	 * with older versions of the extension too (then the column is absent).
+	 */
+	c_id = PQfnumber(res, "id");
+	c_attempt = PQfnumber(res, "attempt");
+	c_payload = PQfnumber(res, "payload");
+	c_tenant = PQfnumber(res, "tenant");
+	c_timeout = PQfnumber(res, "timeout_s");
+	c_lease = PQfnumber(res, "lease_s");
+	c_trace = PQfnumber(res, "traceparent");
+	if (n > 0 && (c_id < 0 || c_attempt < 0 || c_payload < 0 || c_tenant < 0 || c_timeout < 0 ||
+				  c_lease < 0))
+	{
+		/* Not tq_lease as we know it: leased tasks come back when their leases expire. */
+		tlog(LOG_ERROR, "tq_lease returned unexpected columns", "queue=%s tasks=%d", kvq(q->name),
+			 n);
+		free(lc);
+		return;
+	}
 	for (int i = 0; i < n; i++)
 	{
 		Task *t = xcalloc(1, sizeof(Task));
-		double task_timeout = PQgetisnull(res, i, 4) ? 0 : atof(PQgetvalue(res, i, 4));
+		double task_timeout =
+			PQgetisnull(res, i, c_timeout) ? 0 : atof(PQgetvalue(res, i, c_timeout));
 		double queue_timeout = q->conf ? q->conf->timeout : 0;
 
 		t->d = d;
 		t->queue = q;
-		t->id = atoll(PQgetvalue(res, i, 0));
-		t->attempt = atoi(PQgetvalue(res, i, 1));
-		t->payload = xstrdup(PQgetvalue(res, i, 2));
-		t->tenant = PQgetisnull(res, i, 3) ? NULL : xstrdup(PQgetvalue(res, i, 3));
+		t->id = atoll(PQgetvalue(res, i, c_id));
+		t->attempt = atoi(PQgetvalue(res, i, c_attempt));
+		t->payload = xstrdup(PQgetvalue(res, i, c_payload));
+		t->tenant = PQgetisnull(res, i, c_tenant) ? NULL : xstrdup(PQgetvalue(res, i, c_tenant));
+		if (c_trace >= 0 && !PQgetisnull(res, i, c_trace))
+		{
+			const char *tp = PQgetvalue(res, i, c_trace);
+
+			/* Checked by tq at submit; handed on only if it cannot break a header. */
+			if (http_traceparent_ok(tp))
+				t->traceparent = xstrdup(tp);
+			else
+				tlog(LOG_WARNING, "traceparent not handed on: not printable ASCII or too long",
+					 "task=%lld queue=%s attempt=%d", t->id, kvq(q->name), t->attempt);
+		}
 		/* The smaller of the task's own timeout and the queue's. */
 		t->timeout = task_timeout;
 		if (queue_timeout > 0 && (t->timeout <= 0 || queue_timeout < t->timeout))
 			t->timeout = queue_timeout;
-		t->lease_len = atof(PQgetvalue(res, i, 5));
+		t->lease_len = atof(PQgetvalue(res, i, c_lease));
 		t->state = TASK_RUNNING;
 		t->retry_after = -1;
 		t->next = d->tasks;
@@ -1230,11 +1304,11 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		lc->ep = q->ep;
 		lc->asked = room;
 		lc->sent = ev_time();
+		/* l.*: whatever this version of tq_lease returns (lease_result reads by name). */
 		if (!pgc_send(d->work,
-					  "SELECT id, attempt, payload::text, tenant,"
-					  " extract(epoch FROM timeout),"
-					  " extract(epoch FROM lease_until - now())"
-					  " FROM tq_lease($1, $2::text[], $3::integer)",
+					  "SELECT l.*, extract(epoch FROM l.timeout) AS timeout_s,"
+					  " extract(epoch FROM l.lease_until - now()) AS lease_s"
+					  " FROM tq_lease($1, $2::text[], $3::integer) l",
 					  3, params, lease_result, lc))
 		{
 			free(lc);
@@ -1959,8 +2033,11 @@ sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 		pgc_set_conninfo(d->work, c->conninfo);
 		pgc_set_conninfo(d->report, c->conninfo);
 		pgc_set_conninfo(d->listen, c->conninfo);
+		if (d->dash != NULL)
+			dashboard_set_conninfo(d->dash, c->conninfo);
 	}
 	config_free(old);
+	sync_dashboard(d);
 	ev_timer_set(&d->poll_timer, c->poll_interval, c->poll_interval);
 	if (d->run_state == RUN_ACTIVE)
 		ev_timer_again(loop, &d->poll_timer);
@@ -2063,11 +2140,16 @@ render_metrics(Daemon *d, Buf *b)
 	for (int k = 0; k < 4; k++)
 		buf_printf(b, "tqd_db_disconnects_total{conn=\"%s\"} %lld\n", conn_label[k],
 				   d->disconnects[k]);
+	if (d->dash != NULL)
+		buf_printf(b, "tqd_db_disconnects_total{conn=\"dashboard\"} %lld\n",
+				   dashboard_disconnects(d->dash));
 	help(b, "tqd_db_connected", "gauge", "1 while the connection is up.");
 	buf_printf(b,
 			   "tqd_db_connected{conn=\"work\"} %d\ntqd_db_connected{conn=\"report\"} %d\n"
 			   "tqd_db_connected{conn=\"listen\"} %d\n",
 			   pgc_ready(d->work), pgc_ready(d->report), pgc_ready(d->listen));
+	if (d->dash != NULL)
+		buf_printf(b, "tqd_db_connected{conn=\"dashboard\"} %d\n", dashboard_connected(d->dash));
 	if (d->endpoints != NULL)
 	{
 		help(b, "tqd_http_window", "gauge", "Adaptive window of an http endpoint (requests).");
@@ -2091,8 +2173,58 @@ render_metrics(Daemon *d, Buf *b)
 	}
 }
 
+/* The dashboard's view of this tqd (/api/tqd), from memory. */
+static void
+render_tqd_json(Daemon *d, Buf *b)
+{
+	json_t *o = json_object();
+	json_t *queues = json_array();
+	json_t *endpoints = json_array();
+	char *text;
+
+	json_object_set_new(o, "worker", json_string(d->worker));
+	json_object_set_new(o, "version", json_string(TQD_VERSION));
+	json_object_set_new(o, "started_at", json_real(d->started_at));
+	json_object_set_new(o, "slots", json_integer(d->config->slots));
+	json_object_set_new(o, "running", json_integer(d->running));
+	json_object_set_new(o, "outcomes_waiting", json_integer(d->waiting));
+	json_object_set_new(o, "connected",
+						json_pack("{sbsbsbsb}", "work", pgc_ready(d->work), "report",
+								  pgc_ready(d->report), "listen", pgc_ready(d->listen), "dashboard",
+								  d->dash != NULL && dashboard_connected(d->dash)));
+	for (Queue *q = d->queues; q; q = q->next)
+	{
+		json_t *outcomes;
+
+		if (q->conf == NULL)
+			continue; /* left the configuration */
+		outcomes = json_object();
+		for (int k = 0; k < N_OUT; k++)
+			json_object_set_new(outcomes, outcome_label[k], json_integer(q->outcomes[k]));
+		json_array_append_new(queues,
+							  json_pack("{sssssisisIso}", "queue", q->name, "handler",
+										handler_name(q->conf->handler), "running", q->running,
+										"concurrency", q->conf->concurrency, "started",
+										(json_int_t) q->started, "outcomes", outcomes));
+	}
+	json_object_set_new(o, "queues", queues);
+	for (Endpoint *e = d->endpoints; e; e = e->next)
+		if (e->used)
+			json_array_append_new(
+				endpoints,
+				json_pack("{sssfsisisIsIsI}", "url", e->url, "window", e->aimd.window, "limit",
+						  aimd_limit(&e->aimd), "in_flight", e->aimd.inflight, "answers",
+						  (json_int_t) e->aimd.total_answers, "throttled",
+						  (json_int_t) e->aimd.total_throttled, "cuts", (json_int_t) e->aimd.cuts));
+	json_object_set_new(o, "endpoints", endpoints);
+	text = json_dumps(o, JSON_COMPACT);
+	buf_printf(b, "%s\n", text ? text : "{}");
+	free(text);
+	json_decref(o);
+}
+
 static int
-serve(const char *path, Buf *body, const char **type, void *arg)
+serve(HttpdReq *req, const char *path, Buf *body, const char **type, void *arg)
 {
 	Daemon *d = arg;
 
@@ -2115,8 +2247,46 @@ serve(const char *path, Buf *body, const char **type, void *arg)
 		buf_printf(body, up ? "ready\n" : "not ready: the database is unreachable\n");
 		return up ? 200 : 503;
 	}
-	buf_printf(body, "not found: tqd serves /metrics, /healthz and /readyz\n");
+	if (d->dash != NULL && d->config->dashboard)
+	{
+		int status;
+
+		if (strcmp(path, "/api/tqd") == 0)
+		{
+			*type = "application/json";
+			render_tqd_json(d, body);
+			return 200;
+		}
+		status = dashboard_serve(d->dash, req, path, body, type);
+		if (status != DASHBOARD_NOT_MINE)
+			return status;
+		buf_printf(body, "not found: tqd serves the dashboard at /, /metrics, /healthz and "
+						 "/readyz\n");
+		return 404;
+	}
+	buf_printf(body, "not found: tqd serves /metrics, /healthz and /readyz (the dashboard at / "
+					 "when dashboard = on)\n");
 	return 404;
+}
+
+/* Starts the dashboard's connection when dashboard = on and the endpoint runs. */
+static void
+sync_dashboard(Daemon *d)
+{
+	PgConnOpts o;
+
+	if (d->dash != NULL || !d->config->dashboard || d->httpd == NULL)
+		return;
+	o.connect_timeout = d->config->connect_timeout;
+	o.reconnect_min = d->config->reconnect_min;
+	o.reconnect_max = d->config->reconnect_max;
+	d->dash = dashboard_new(d->loop, d->config->conninfo, &o);
+	if (d->dash == NULL)
+	{
+		tlog(LOG_ERROR, "out of memory", NULL);
+		abort();
+	}
+	tlog(LOG_INFO, "serving the dashboard at /", "port=%d", httpd_port(d->httpd));
 }
 
 /* ------------------------------------------------------------------------
@@ -2211,6 +2381,7 @@ daemon_run(Daemon *d)
 		}
 		tlog(LOG_INFO, "serving /metrics, /healthz and /readyz", "listen=%s port=%d",
 			 kvq(d->config->metrics_listen), httpd_port(d->httpd));
+		sync_dashboard(d);
 	}
 	tlog(LOG_INFO, "starting", "version=%s worker=%s queues=%d slots=%d", TQD_VERSION,
 		 kvq(d->worker), d->config->nqueues, d->config->slots);
@@ -2231,7 +2402,8 @@ daemon_free(Daemon *d)
 	 * (a lease or a batch still on its way at exit), and those touch the
 	 * queues and tasks, which must still exist then.
 	 */
-	httpd_stop(d->httpd);
+	httpd_stop(d->httpd); /* before the dashboard: its waiting requests get 503 */
+	dashboard_free(d->dash);
 	pgc_free(d->work);
 	pgc_free(d->report);
 	pgc_free(d->listen);

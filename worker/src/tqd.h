@@ -11,7 +11,7 @@
 
 #include "config.h"
 
-#define TQD_VERSION "0.5.0"
+#define TQD_VERSION "0.6.0"
 
 typedef struct Daemon Daemon;
 

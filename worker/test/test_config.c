@@ -181,6 +181,7 @@ check_global_defaults(const Config *c, const char *what)
 	ok(c->connect_timeout == 10, "%s: connect_timeout 10s", what);
 	ok(c->status_interval == 60, "%s: status_interval 1min", what);
 	is_str(c->metrics_listen, "", "%s: metrics_listen off", what);
+	is_int(c->dashboard, 0, "%s: dashboard off", what);
 	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
 }
 
@@ -202,7 +203,7 @@ check_queue_defaults(const QueueConf *q, const char *what)
 static const char *const global_keys[] = {
 	"conninfo",        "worker_name",        "slots",          "lease_batch",   "flush_interval",
 	"poll_interval",   "heartbeat_interval", "drain_timeout",  "reconnect_min", "reconnect_max",
-	"connect_timeout", "status_interval",    "metrics_listen", "log_level"};
+	"connect_timeout", "status_interval",    "metrics_listen", "dashboard",     "log_level"};
 static const char *const queue_keys[] = {"handler",
 										 "concurrency",
 										 "timeout",
@@ -793,6 +794,10 @@ static const struct
 	{"headers = X-TQ-Task-Id: 5",
 	 ":4: key \"headers\": header \"X-TQ-Task-Id\" cannot be set: tqd sets it for each request",
 	 "X-TQ- headers are tqd's"},
+	{"headers = X-A: 1\n  TraceParent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+	 ":4: key \"headers\": header \"TraceParent\" cannot be set: tqd sets it from each task's "
+	 "traceparent",
+	 "traceparent is the task's (any case)"},
 	{"headers = X-A: 1\n  Content-Length: 5",
 	 ":4: key \"headers\": header \"Content-Length\" cannot be set: tqd sets it for each request",
 	 "Content-Length is curl's"},
@@ -830,7 +835,13 @@ test_http(void)
 		ok(mc != NULL && strcmp(mc->metrics_listen, "[::1]:0") == 0,
 		   "metrics_listen [::1]:0 loads: %s", err);
 		config_free(mc);
+		mc = with_global("metrics_listen = 127.0.0.1:0\ndashboard = on", err, sizeof(err));
+		ok(mc != NULL && mc->dashboard == 1, "dashboard = on with metrics_listen loads: %s", err);
+		config_free(mc);
 	}
+	global_fails("dashboard = on",
+				 "key \"dashboard\": on needs metrics_listen: the dashboard is served there");
+	global_fails("dashboard = yes", "key \"dashboard\": invalid value \"yes\": expected off or on");
 
 	const char *q = "[queue:h]\nhandler = http\nurl = http://127.0.0.1:8080/task\n";
 	char text[1024];
@@ -907,7 +918,7 @@ test_http(void)
 int
 main(void)
 {
-	plan(282);
+	plan(289);
 	test_sample();
 	test_defaults();
 	test_values();

@@ -29,7 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NTESTS 163
+#define NTESTS 169
 
 /* An AddressSanitizer binary cannot start under a small RLIMIT_AS. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -321,6 +321,51 @@ test_env(void)
 	is_str(c.res.output, "42 child 1\n", "env: set, later entries win, tqd's own replaced");
 	exec_free(c.run);
 	unsetenv("TQ_TEST_VAR");
+}
+
+/*
+ * A bare NAME unsets the variable: the exec handler's TRACEPARENT for a
+ * task without one, so that the program does not inherit tqd's own.
+ */
+static void
+test_env_unset(void)
+{
+	char *argv[] = {"sh", "-c",
+					"env | grep -c '^TRACEPARENT=' || true; env | grep -c '^TRACESTATE=' || true; "
+					"printf '%s' \"${TQ_KEEP-unset}\"",
+					NULL};
+	char *unset[] = {"TRACEPARENT", "TRACESTATE", NULL};
+	char *set[] = {"TRACEPARENT",
+				   "TRACEPARENT=00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+				   "TRACESTATE", NULL};
+	char *set_unset[] = {"TRACEPARENT=00-x", "TRACEPARENT", NULL};
+	char *show[] = {"sh", "-c", "printf '%s' \"${TRACEPARENT-unset}\"", NULL};
+	ExecSpec s = spec_of(argv);
+	Case c;
+
+	setenv("TRACEPARENT", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 1);
+	setenv("TRACESTATE", "vendor=tqd", 1);
+	setenv("TQ_KEEP", "kept", 1);
+	s.env = unset;
+	ok(run_case(&c, &s, 5), "env unset: done");
+	is_str(c.res.output, "0\n0\nkept",
+		   "env unset: tqd's TRACEPARENT and TRACESTATE are gone, the rest is kept");
+	exec_free(c.run);
+
+	s = spec_of(show);
+	s.env = set;
+	ok(run_case(&c, &s, 5), "env set after unset: done");
+	is_str(c.res.output, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		   "env: a later NAME=VALUE wins over an earlier bare NAME");
+	exec_free(c.run);
+
+	s.env = set_unset;
+	ok(run_case(&c, &s, 5), "env unset after set: done");
+	is_str(c.res.output, "unset", "env: a later bare NAME wins over an earlier NAME=VALUE");
+	exec_free(c.run);
+	unsetenv("TRACEPARENT");
+	unsetenv("TRACESTATE");
+	unsetenv("TQ_KEEP");
 }
 
 /* The test blocks SIGUSR2, ignores SIGPIPE and holds a descriptor without O_CLOEXEC. */
@@ -906,6 +951,7 @@ main(int argc, char **argv)
 	test_output();
 	test_input();
 	test_env();
+	test_env_unset();
 	test_child_state();
 	test_exit_codes();
 	test_signaled();

@@ -111,12 +111,37 @@ test_describe(void)
 		   "a failed request with curl's words");
 }
 
+/* A task's traceparent goes into a request header as it is, or not at all. */
+static void
+test_traceparent(void)
+{
+	char big[TRACEPARENT_MAX + 2];
+
+	ok(http_traceparent_ok("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+	   "traceparent: version 00 is handed on");
+	ok(http_traceparent_ok("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-later_fields"),
+	   "traceparent: a later version's extra fields too");
+	ok(!http_traceparent_ok(NULL), "traceparent: none is not a value");
+	ok(!http_traceparent_ok(""), "traceparent: nor is the empty string");
+	ok(!http_traceparent_ok("00-abc\r\nX-Evil: 1"), "traceparent: CR LF would split the header");
+	ok(!http_traceparent_ok("00-abc def"), "traceparent: a blank is refused");
+	ok(!http_traceparent_ok("00-abc\x7f"), "traceparent: DEL is refused");
+	ok(!http_traceparent_ok("00-\xc3\xa9"), "traceparent: non-ASCII is refused");
+	memset(big, 'a', TRACEPARENT_MAX);
+	big[TRACEPARENT_MAX] = '\0';
+	ok(http_traceparent_ok(big), "traceparent: TRACEPARENT_MAX characters pass");
+	big[TRACEPARENT_MAX] = 'a';
+	big[TRACEPARENT_MAX + 1] = '\0';
+	ok(!http_traceparent_ok(big), "traceparent: one more does not");
+}
+
 int
 main(void)
 {
-	plan(38);
+	plan(48);
 	test_classify();
 	test_retry_after();
 	test_describe();
+	test_traceparent();
 	return done_testing();
 }
