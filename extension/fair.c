@@ -592,15 +592,18 @@ static void fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 								  SubTransactionId parentSubid, void *arg);
 
 /*
- * Activity of this transaction per queue, added to the queue entries'
- * minute slots at commit (dropped at abort; an aborted subtransaction's
- * is kept: these are rates for people, not quotas).  A transaction that
- * touches more than MAX_PENDING_ACT queues counts only the first ones.
+ * Activity of this transaction per queue and subtransaction, added to the
+ * queue entries' minute slots at commit.  An aborted subtransaction's is
+ * dropped, a committed one's goes to its parent, and an aborted
+ * transaction's is dropped whole.  A transaction that touches more than
+ * MAX_PENDING_ACT (queue, subtransaction) pairs counts only the first
+ * ones: these are rates for people, not quotas.
  */
 #define MAX_PENDING_ACT 32
 typedef struct PendingAct
 {
 	char queue[NAMEDATALEN];
+	SubTransactionId subid;
 	int32 n[ACT_KINDS];
 	bool reset; /* the queue was dropped: its minutes start from zero */
 } PendingAct;
@@ -618,22 +621,73 @@ ensure_callbacks(void)
 	}
 }
 
-/* The transaction's pending activity of a queue; NULL when the list is full. */
+/* The pending activity of a queue in a subtransaction, or NULL. */
+static PendingAct *
+find_pending(const char *queue, SubTransactionId subid)
+{
+	for (int i = 0; i < npending_act; i++)
+		if (pending_act[i].subid == subid && strcmp(pending_act[i].queue, queue) == 0)
+			return &pending_act[i];
+	return NULL;
+}
+
+/*
+ * The current subtransaction's pending activity of a queue; NULL when the
+ * list is full.
+ */
 static PendingAct *
 pending_for(const char *queue)
 {
-	int i;
+	SubTransactionId subid = GetCurrentSubTransactionId();
+	PendingAct *p;
 
 	ensure_callbacks();
-	for (i = 0; i < npending_act; i++)
-		if (strcmp(pending_act[i].queue, queue) == 0)
-			return &pending_act[i];
-	if (npending_act == MAX_PENDING_ACT)
-		return NULL;
-	memset(&pending_act[i], 0, sizeof(PendingAct));
-	strlcpy(pending_act[i].queue, queue, NAMEDATALEN);
-	npending_act++;
-	return &pending_act[i];
+	p = find_pending(queue, subid);
+	if (p != NULL || npending_act == MAX_PENDING_ACT)
+		return p;
+	p = &pending_act[npending_act++];
+	memset(p, 0, sizeof(PendingAct));
+	strlcpy(p->queue, queue, NAMEDATALEN);
+	p->subid = subid;
+	return p;
+}
+
+/*
+ * At the end of subtransaction subid: its pending activity goes to its
+ * parent (commit), or is dropped (abort).
+ */
+static void
+pending_subxact_end(bool commit, SubTransactionId subid, SubTransactionId parent)
+{
+	int kept = 0;
+
+	for (int i = 0; i < npending_act; i++)
+	{
+		PendingAct *c = &pending_act[i];
+
+		if (c->subid == subid)
+		{
+			PendingAct *p;
+
+			if (!commit)
+				continue; /* dropped */
+			p = find_pending(c->queue, parent);
+			if (p == NULL)
+				c->subid = parent; /* kept below, as the parent's */
+			else
+			{
+				/* A drop in the child forgets what the parent noted before. */
+				for (int j = 0; j < ACT_KINDS; j++)
+					p->n[j] = (c->reset ? 0 : p->n[j]) + c->n[j];
+				p->reset = p->reset || c->reset;
+				continue;
+			}
+		}
+		if (kept != i)
+			pending_act[kept] = pending_act[i];
+		kept++;
+	}
+	npending_act = kept;
 }
 
 void
@@ -921,6 +975,8 @@ fair_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransacti
 	HASH_SEQ_STATUS seq;
 	LocalAcct *a;
 
+	if (event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB)
+		pending_subxact_end(event == SUBXACT_EVENT_COMMIT_SUB, mySubid, parentSubid);
 	if (local_acct == NULL)
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)

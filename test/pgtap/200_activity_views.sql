@@ -3,7 +3,7 @@
 -- counts are added when the finishing transaction commits.  The queue
 -- act_q is dropped at the end.
 SET client_min_messages = warning;
-SELECT plan(14);
+SELECT plan(15);
 
 SELECT has_view('tq_queue_activity', 'view tq_queue_activity exists');
 SELECT has_view('tq_dead', 'view tq_dead exists');
@@ -44,6 +44,22 @@ SELECT ok(obj_description('tq_queue_activity'::regclass) IS NOT NULL AND obj_des
 SELECT throws_ok($$ SELECT * FROM tq.activity(16) $$, '22023', 'minutes must be between 1 and 15',
                  'the shared counters keep 15 minutes');
 
+-- Subtransactions: a finish rolled back to its savepoint counts nothing,
+-- one in a released savepoint counts when the transaction commits.
+SELECT tq_submit('act_q', '{}');
+BEGIN;
+SAVEPOINT s1;
+SELECT tq_complete(array_agg(id), array_agg(attempt), NULL) FROM tq_lease('act-w', '{act_q}', 1);
+ROLLBACK TO SAVEPOINT s1;
+SAVEPOINT s2;
+SELECT tq_complete(array_agg(id), array_agg(attempt), NULL) FROM tq_lease('act-w', '{act_q}', 1);
+RELEASE SAVEPOINT s2;
+COMMIT;
+SELECT results_eq(
+    $$ SELECT succeeded, failed, dead, other FROM tq_queue_activity WHERE queue = 'act_q' AND window_minutes = 15 $$,
+    $$ VALUES (7::bigint, 4::bigint, 4::bigint, 1::bigint) $$,
+    'a finish rolled back to a savepoint is not counted, one in a released savepoint is');
+
 -- Dropping the queue forgets its counters, at commit: a rolled-back drop
 -- keeps them, and a queue made again under the same name starts from zero.
 BEGIN;
@@ -51,7 +67,7 @@ SELECT tq_drop_queue('act_q', force => true);
 ROLLBACK;
 SELECT results_eq(
     $$ SELECT succeeded, failed, dead, other FROM tq_queue_activity WHERE queue = 'act_q' AND window_minutes = 15 $$,
-    $$ VALUES (6::bigint, 4::bigint, 4::bigint, 1::bigint) $$,
+    $$ VALUES (7::bigint, 4::bigint, 4::bigint, 1::bigint) $$,
     'a rolled-back tq_drop_queue keeps the counters');
 SELECT tq_drop_queue('act_q', force => true);
 SELECT tq_create_queue('act_q');

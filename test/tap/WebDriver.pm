@@ -131,35 +131,50 @@ sub find
 	return @$v ? $v->[0]{$ELEMENT} : undef;
 }
 
+# on_element($css, $sub): $sub->($element_id) on the element the
+# selector finds; found again and retried when the page replaced it in
+# between (a refresh): "stale element reference".
+sub on_element
+{
+	my ($self, $css, $sub) = @_;
+	for my $try (1 .. 5)
+	{
+		my $e = $self->find($css);
+		return undef unless defined $e;
+		my $r = eval { $sub->($e) };
+		return $r unless $@;
+		die $@ unless $@ =~ /stale element/ && $try < 5;
+	}
+	return undef;
+}
+
 sub text
 {
 	my ($self, $css) = @_;
-	my $e = $self->find($css);
-	return undef unless defined $e;
-	return $self->cmd('GET', "/element/$e/text");
+	return $self->on_element($css, sub { $self->cmd('GET', "/element/$_[0]/text") });
 }
 
 sub click
 {
 	my ($self, $css) = @_;
-	my $e = $self->find($css) // die "no element $css to click\n";
-	$self->cmd('POST', "/element/$e/click", {});
+	$self->find($css) // die "no element $css to click\n";
+	$self->on_element($css, sub { $self->cmd('POST', "/element/$_[0]/click", {}); 1 });
 	return;
 }
 
 sub clear
 {
 	my ($self, $css) = @_;
-	my $e = $self->find($css) // die "no element $css to clear\n";
-	$self->cmd('POST', "/element/$e/clear", {});
+	$self->find($css) // die "no element $css to clear\n";
+	$self->on_element($css, sub { $self->cmd('POST', "/element/$_[0]/clear", {}); 1 });
 	return;
 }
 
 sub type
 {
 	my ($self, $css, $text) = @_;
-	my $e = $self->find($css) // die "no element $css to type into\n";
-	$self->cmd('POST', "/element/$e/value", { text => $text });
+	$self->find($css) // die "no element $css to type into\n";
+	$self->on_element($css, sub { $self->cmd('POST', "/element/$_[0]/value", { text => $text }); 1 });
 	return;
 }
 

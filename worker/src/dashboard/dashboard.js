@@ -14,6 +14,16 @@
   })();
   let timer = null;
   let shownTask = null; // {id, state} of the task on show
+  // What each table shows, as JSON: a table is rebuilt only when it changes
+  // (a rebuild would end a text selection and swap what a click aims at).
+  const shown = {};
+
+  function changed(what, data) {
+    const key = JSON.stringify(data);
+    if (shown[what] === key) return false;
+    shown[what] = key;
+    return true;
+  }
 
   const $ = (sel) => document.querySelector(sel);
 
@@ -106,6 +116,11 @@
 
   function renderQueues(data) {
     $('#database').textContent = data.database;
+    if (changed('queues', data.queues)) renderQueueRows(data);
+    if (changed('dead', data.dead_recent)) renderDeadRows(data);
+  }
+
+  function renderQueueRows(data) {
     const rows = data.queues.map((q) => {
       const a1 = (q.activity && q.activity['1']) || {};
       const a5 = (q.activity && q.activity['5']) || {};
@@ -132,7 +147,9 @@
     });
     $('#queues tbody').replaceChildren(...rows);
     $('#queues-empty').hidden = rows.length > 0;
+  }
 
+  function renderDeadRows(data) {
     const dead = data.dead_recent.map((t) => {
       const tr = el('tr');
       tr.dataset.task = t.id;
@@ -154,6 +171,11 @@
       `${t.running} of ${t.slots} slots running, ${t.outcomes_waiting} outcomes waiting to be ` +
       `reported, up ${duration(Date.now() / 1000 - t.started_at)}` +
       (down.length ? `; not connected: ${down.join(', ')}` : '; connected');
+    if (changed('tqd-queues', t.queues)) renderTqdQueues(t);
+    if (changed('tqd-endpoints', t.endpoints)) renderTqdEndpoints(t);
+  }
+
+  function renderTqdQueues(t) {
     $('#tqd-queues tbody').replaceChildren(...t.queues.map((q) => {
       const tr = el('tr');
       tr.dataset.queue = q.queue;
@@ -162,6 +184,9 @@
         ...OUTCOMES.map((k) => cell(k, num(q.outcomes[k]))));
       return tr;
     }));
+  }
+
+  function renderTqdEndpoints(t) {
     $('#tqd-endpoints').hidden = t.endpoints.length === 0;
     $('#tqd-endpoints tbody').replaceChildren(...t.endpoints.map((e) => {
       const tr = el('tr');
@@ -237,7 +262,7 @@
     if (!shownTask || shownTask.id !== id) return; // another look-up began meanwhile
     if (r.status === 200 && r.body && r.body.task) {
       showMessage('');
-      renderTask(r.body);
+      if (changed('task', r.body) || $('#task').hidden) renderTask(r.body);
       shownTask = { id, state: r.body.task.state };
     } else if (r.status === 404) {
       $('#task').hidden = true;
