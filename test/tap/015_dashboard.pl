@@ -218,6 +218,10 @@ is($wd->text('#task-trace tr[data-attempt="1"] td[data-field="outcome"]'), 'fail
 is($wd->text('#task-trace tr[data-attempt="1"] td[data-field="error"]'), 'smtp 451: try later',
 	'look-up: ... with its error');
 is($wd->text('#task-trace tr[data-attempt="1"] td[data-field="worker"]'), 'w-sql', 'look-up: ... by worker w-sql');
+like($wd->text('#task-trace tr[data-attempt="1"] td[data-field="queue_wait"]'), qr/^\d+(\.\d)? (ms|s|min)$/,
+	'look-up: ... its queue wait as a duration');
+like($wd->text('#task-trace tr[data-attempt="1"] td[data-field="run_time"]'), qr/^\d+(\.\d)? (ms|s|min)$/,
+	'look-up: ... and its run time');
 is($wd->text('#task-trace tr[data-attempt="2"] td[data-field="outcome"]'), 'succeeded', 'look-up: attempt 2 succeeded');
 like($wd->text('#task-result'), qr/"sent": true.*"message_id": "m-1"/s, 'look-up: the result');
 is($wd->text('#task-log'),

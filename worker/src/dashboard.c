@@ -73,13 +73,18 @@ static const char queues_sql[] =
 	"        'last_error', left(x.last_error, 500)) ORDER BY x.finished_at DESC, x.id DESC)"
 	"      FROM (SELECT * FROM tq_dead ORDER BY finished_at DESC LIMIT 10) x), '[]'))";
 
-/* One task: its row (tq_task), its attempts (tq_task_trace), its log. */
+/*
+ * One task: its row (tq_task), its attempts (tq_task_trace; the intervals
+ * also in seconds, for the page), its log.
+ */
 static const char task_sql[] =
 	"SELECT CASE WHEN t IS NULL THEN 404 ELSE 200 END, json_build_object("
 	"  'id', $1::bigint,"
 	"  'task', row_to_json(t),"
-	"  'trace', coalesce((SELECT json_agg(x ORDER BY x.attempt)"
-	"                     FROM tq_task_trace($1::bigint) x), '[]'),"
+	"  'trace', coalesce((SELECT json_agg(x ORDER BY x.attempt) FROM ("
+	"      SELECT a.*, extract(epoch FROM a.queue_wait) AS queue_wait_s,"
+	"             extract(epoch FROM a.run_time) AS run_time_s"
+	"        FROM tq_task_trace($1::bigint) a) x), '[]'),"
 	"  'log', coalesce((SELECT json_agg(l ORDER BY l.n) FROM tq_task_log($1::bigint) l), '[]'))"
 	"  FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM tq_task($1::bigint)) t ON true";
 

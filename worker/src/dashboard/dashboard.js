@@ -65,17 +65,6 @@
     return (s / 86400).toFixed(1) + ' d';
   }
 
-  // PostgreSQL intervals as text ("00:00:01.5", "1 day 02:00:00") to seconds.
-  function intervalSecs(text) {
-    if (text === null || text === undefined) return null;
-    let secs = 0;
-    const days = /(-?\d+) days?/.exec(text);
-    if (days) secs += Number(days[1]) * 86400;
-    const hms = /(-?)(\d+):(\d+):(\d+(?:\.\d+)?)/.exec(text);
-    if (hms) secs += (hms[1] ? -1 : 1) * (Number(hms[2]) * 3600 + Number(hms[3]) * 60 + Number(hms[4]));
-    return secs;
-  }
-
   function time(iso) {
     if (!iso) return '';
     const d = new Date(iso);
@@ -244,8 +233,8 @@
       tr.append(cell('attempt', a.attempt), cell('ready_at', time(a.ready_at)),
         cell('leased_at', time(a.leased_at)), cell('worker', a.worker),
         cell('ended_at', time(a.ended_at)), cell('outcome', a.outcome ?? 'running'),
-        cell('queue_wait', duration(intervalSecs(a.queue_wait))),
-        cell('run_time', duration(intervalSecs(a.run_time))),
+        cell('queue_wait', duration(a.queue_wait_s)),
+        cell('run_time', duration(a.run_time_s)),
         cell('error', a.error, 'text'));
       return tr;
     }));
