@@ -131,17 +131,23 @@ tq_check_name(PG_FUNCTION_ARGS)
  * Free-form labels (tenants, dedup keys, worker names): NULL passes
  * through (callers decide whether NULL is allowed), otherwise 1..max_len
  * bytes without control characters, which would corrupt logfmt lines and
- * NOTIFY payloads.
+ * NOTIFY payloads.  what and max_len must not be NULL.
  */
 Datum
 tq_check_label(PG_FUNCTION_ARGS)
 {
 	text *value_t;
-	char *what = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	int32 max_len = PG_GETARG_INT32(2);
+	char *what;
+	int32 max_len;
 	const unsigned char *p;
 	int len;
 
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("what and max_len must not be null"),
+						errhint("Name the label and give its longest length in bytes.")));
+	what = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	max_len = PG_GETARG_INT32(2);
 	if (PG_ARGISNULL(0))
 		PG_RETURN_NULL();
 

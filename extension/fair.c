@@ -455,6 +455,67 @@ typedef struct Policy
 	int64 concurrency, backlog_limit;
 } Policy;
 
+/*
+ * The bounds of the SQL checks (tq.check_queue_options, tq.check_limits,
+ * tq_set_tenant), within which the arithmetic on each setting (1/weight,
+ * the priority shift, a bucket's refill time) stays finite.
+ */
+#define TQ_WEIGHT_MIN 0.001
+#define TQ_WEIGHT_MAX 1e6
+#define TQ_RATE_MIN 1e-6
+#define TQ_RATE_MAX 1e9
+#define TQ_BURST_MAX 1e12
+#define TQ_AGING_MIN 0.001
+#define TQ_AGING_MAX 1e12
+
+/* v within [lo, hi]; dflt when it is not a number. */
+static double
+clamp_policy(double v, double lo, double hi, double dflt)
+{
+	if (isnan(v))
+		return dflt;
+	return v < lo ? lo : v > hi ? hi : v;
+}
+
+/*
+ * Brings a policy read from tq.queue or tq.tenant within the bounds of the
+ * SQL checks.  A value out of them was written to the table behind those
+ * checks; it is clamped and said with a warning naming the queue and
+ * tenant, rather than left to fail arithmetic in every later transaction.
+ */
+static void
+sanitize_policy(const FairKey *k, Policy *p)
+{
+	Policy in = *p;
+
+	p->weight = clamp_policy(p->weight, TQ_WEIGHT_MIN, TQ_WEIGHT_MAX, 1.0);
+	if (!(p->rate > 0))
+		p->rate = 0;
+	else
+		p->rate = clamp_policy(p->rate, TQ_RATE_MIN, TQ_RATE_MAX, 0);
+	if (p->rate > 0)
+		p->burst = clamp_policy(p->burst, 1.0, TQ_BURST_MAX, Max(1.0, p->rate));
+	p->aging = clamp_policy(p->aging, TQ_AGING_MIN, TQ_AGING_MAX, 1e6);
+	if (p->concurrency < -1)
+		p->concurrency = -1;
+	if (p->backlog_limit < -1)
+		p->backlog_limit = -1;
+	if (in.weight != p->weight || in.rate != p->rate || in.burst != p->burst ||
+		in.aging != p->aging || in.concurrency != p->concurrency ||
+		in.backlog_limit != p->backlog_limit)
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tq: the policy of queue \"%s\"%s%s%s is out of range; clamped values are "
+						"used",
+						k->queue, k->kind == KIND_TENANT ? ", tenant \"" : "",
+						k->kind == KIND_TENANT ? k->tenant : "", k->kind == KIND_TENANT ? "\"" : ""),
+				 errdetail("Read: weight %g, rate_per_sec %g, burst %g, priority_aging %g; used: "
+						   "weight %g, rate_per_sec %g, burst %g, priority_aging %g.",
+						   in.weight, in.rate, in.burst, in.aging, p->weight, p->rate, p->burst,
+						   p->aging),
+				 errhint("Set the values again with tq_alter_queue or tq_set_tenant.")));
+}
+
 static double
 getf8(HeapTuple tup, TupleDesc td, int col, double dflt)
 {
@@ -523,6 +584,7 @@ read_policy(const FairKey *k, Policy *p)
 			p->burst = Max(1.0, p->rate);
 	}
 	SPI_finish();
+	sanitize_policy(k, p);
 }
 
 /* Copies a policy into an entry.  Caller holds the lock. */
@@ -1145,6 +1207,29 @@ typedef struct RebuildRow
 	bool has_min;
 } RebuildRow;
 
+/*
+ * A queue's priority_aging as the shift arithmetic can use it.  The SQL
+ * checks keep it within [TQ_AGING_MIN, TQ_AGING_MAX]; a value written to
+ * tq.queue behind their back is clamped here, and said once per rebuild,
+ * naming the queue, instead of failing every queue of the database.
+ */
+static double
+rebuild_aging(const char *queue, double aging, char **warned)
+{
+	double sane = clamp_policy(aging, TQ_AGING_MIN, TQ_AGING_MAX, 1e6);
+
+	if (sane != aging && (*warned == NULL || strcmp(*warned, queue) != 0))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tq: queue \"%s\" has priority_aging %g, out of range; %g is used", queue,
+						aging, sane),
+				 errhint("Set it with tq_alter_queue('%s', priority_aging => ...).", queue)));
+		*warned = pstrdup(queue);
+	}
+	return sane;
+}
+
 static void
 rebuild(void)
 {
@@ -1155,20 +1240,24 @@ rebuild(void)
 	bool full = false;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	MemoryContext spicxt;
+	RebuildRow *r = NULL;
+	char *warned = NULL;
 
 	SPI_connect();
 	spicxt = CurrentMemoryContext;
-	/* Start tags: keys with the priority shift taken back out. */
-	ret = SPI_execute(
-		"SELECT t.queue, t.tenant, pg_catalog.text(t.state), pg_catalog.count(*),"
-		" pg_catalog.max(s.tag), pg_catalog.min(s.tag)"
-		" FROM tq.task t JOIN tq.queue q ON q.name OPERATOR(pg_catalog.=) t.queue,"
-		" LATERAL (SELECT t.vkey OPERATOR(pg_catalog.+) ((q.priority_aging"
-		"   OPERATOR(pg_catalog./) 2) OPERATOR(pg_catalog.*) (t.priority"
-		"   OPERATOR(pg_catalog./) (pg_catalog.abs(t.priority) OPERATOR(pg_catalog.+) 1)"
-		"   ::pg_catalog.float8)) AS tag) s"
-		" GROUP BY 1, 2, 3",
-		true, 0);
+	/*
+	 * Start tags are keys with the priority shift taken back out, computed
+	 * here rather than in SQL: float8 arithmetic in SQL raises on underflow
+	 * and overflow, and one queue's odd setting must not stop the rebuild
+	 * of every queue.  Rows come per (queue, tenant, state, priority),
+	 * sorted, and are merged per (queue, tenant, state).
+	 */
+	ret = SPI_execute("SELECT t.queue, t.tenant, pg_catalog.text(t.state), t.priority,"
+					  " pg_catalog.count(*), pg_catalog.max(t.vkey), pg_catalog.min(t.vkey),"
+					  " q.priority_aging::pg_catalog.float8"
+					  " FROM tq.task t JOIN tq.queue q ON q.name OPERATOR(pg_catalog.=) t.queue"
+					  " GROUP BY 1, 2, 3, 4, 8 ORDER BY 1, 2, 3",
+					  true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "tq: rebuilding shared state failed: %s", SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -1178,26 +1267,45 @@ rebuild(void)
 		char *queue = SPI_getvalue(t, td, 1);
 		char *tenant = SPI_getvalue(t, td, 2);
 		char *state = SPI_getvalue(t, td, 3);
-		RebuildRow *r;
 		bool isnull;
+		int priority = DatumGetInt16(SPI_getbinval(t, td, 4, &isnull));
+		double aging, shift;
+		FairKey k;
+		int st = -1;
 		Datum d;
 
-		r = MemoryContextAllocZero(oldcxt, sizeof(RebuildRow));
-		make_key(&r->key, queue, tenant, false);
-		r->state = -1;
+		if (isnull)
+			priority = 0;
+		aging = rebuild_aging(queue, DatumGetFloat8(SPI_getbinval(t, td, 8, &isnull)), &warned);
+		shift = (aging / 2.0) * (double) priority / (fabs((double) priority) + 1.0);
+		make_key(&k, queue, tenant, false);
 		for (int s = 0; s < NSTATES; s++)
 			if (strcmp(state, state_names[s]) == 0)
-				r->state = s;
-		r->n = DatumGetInt64(SPI_getbinval(t, td, 4, &isnull));
-		d = SPI_getbinval(t, td, 5, &isnull);
-		r->has_max = !isnull;
-		r->maxkey = isnull ? 0 : DatumGetFloat8(d);
+				st = s;
+		if (r == NULL || r->state != st || memcmp(&r->key, &k, sizeof(FairKey)) != 0)
+		{
+			r = MemoryContextAllocZero(oldcxt, sizeof(RebuildRow));
+			r->key = k;
+			r->state = st;
+			MemoryContextSwitchTo(oldcxt);
+			rows = lappend(rows, r);
+			MemoryContextSwitchTo(spicxt);
+		}
+		r->n += DatumGetInt64(SPI_getbinval(t, td, 5, &isnull));
 		d = SPI_getbinval(t, td, 6, &isnull);
-		r->has_min = !isnull;
-		r->minkey = isnull ? 0 : DatumGetFloat8(d);
-		MemoryContextSwitchTo(oldcxt);
-		rows = lappend(rows, r);
-		MemoryContextSwitchTo(spicxt);
+		if (!isnull && isfinite(DatumGetFloat8(d) + shift))
+		{
+			r->maxkey = r->has_max ? Max(r->maxkey, DatumGetFloat8(d) + shift)
+								   : DatumGetFloat8(d) + shift;
+			r->has_max = true;
+		}
+		d = SPI_getbinval(t, td, 7, &isnull);
+		if (!isnull && isfinite(DatumGetFloat8(d) + shift))
+		{
+			r->minkey = r->has_min ? Min(r->minkey, DatumGetFloat8(d) + shift)
+								   : DatumGetFloat8(d) + shift;
+			r->has_min = true;
+		}
 	}
 	SPI_finish();
 
@@ -1403,6 +1511,8 @@ typedef struct TaskCols
 static TaskCols cols;
 
 static char *row_text(HeapTuple tup, TupleDesc td, int att);
+static void check_row_owner(Relation rel, HeapTuple oldt, HeapTuple newt, TupleDesc desc,
+							const char *queue, const char *tenant);
 
 static void
 init_cols(Relation rel)
@@ -1499,6 +1609,40 @@ row_text(HeapTuple tup, TupleDesc td, int att)
 	Datum d = heap_getattr(tup, att, td, &isnull);
 
 	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/*
+ * The trigger runs before the table's NOT NULL checks, and counts a row
+ * under its queue and tenant: a row without a queue, or an update that
+ * moves a task to another queue or tenant while changing its state, would
+ * corrupt the counters of both (only the table's owner can write tq.task,
+ * but nothing it writes may crash the server or skew the limits).
+ */
+static void
+check_row_owner(Relation rel, HeapTuple oldt, HeapTuple newt, TupleDesc desc, const char *queue,
+				const char *tenant)
+{
+	char *old_queue, *old_tenant;
+
+	if (queue == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NOT_NULL_VIOLATION),
+				 errmsg("null value in column \"queue\" of relation \"%s\" violates not-null "
+						"constraint",
+						RelationGetRelationName(rel)),
+				 errdetail("Every task belongs to a queue."),
+				 errhint("Submit tasks with tq_submit.")));
+	if (oldt == NULL || newt == NULL)
+		return;
+	old_queue = row_text(oldt, desc, cols.att_queue);
+	old_tenant = row_text(oldt, desc, cols.att_tenant);
+	if (old_queue == NULL || strcmp(old_queue, queue) != 0 || (old_tenant == NULL) != (tenant == NULL) ||
+		(tenant != NULL && strcmp(old_tenant, tenant) != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a task cannot move to another queue or tenant"),
+				 errdetail("Task counts, limits and fair shares are kept per queue and tenant."),
+				 errhint("Cancel the task and submit it again to the other queue or tenant.")));
 }
 
 /*
@@ -1652,9 +1796,10 @@ tq_task_row(PG_FUNCTION_ARGS)
 	if (olds == news)
 		return PointerGetDatum(newt ? newt : oldt);
 
-	ensure_ready();
 	queue = row_text(newt ? newt : oldt, desc, cols.att_queue);
 	tenant = row_text(newt ? newt : oldt, desc, cols.att_tenant);
+	check_row_owner(td->tg_relation, oldt, newt, desc, queue, tenant);
+	ensure_ready();
 	if (newt)
 	{
 		vkey_d = heap_getattr(newt, cols.att_vkey, desc, &vkey_null);
@@ -2063,6 +2208,10 @@ tq_held_done(PG_FUNCTION_ARGS)
 	FairKey k;
 	LocalAcct *a;
 
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
+		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						errmsg("queue and gen must not be null"),
+						errhint("Pass a row of tq.held_work(); only its tenant may be null.")));
 	make_key(&k, text_to_cstring(PG_GETARG_TEXT_PP(0)),
 			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), false);
 	a = local_slot(&k);
@@ -2108,6 +2257,8 @@ tq_held_next(PG_FUNCTION_ARGS)
 
 				wait = t >= 1 ? 0 : (1.0 - t) / e->rate;
 			}
+			/* Callers add it to a timestamp: an hour is soon enough to look again. */
+			wait = Min(wait, 3600.0);
 			best = Min(best, wait);
 		}
 	}

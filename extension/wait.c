@@ -198,7 +198,11 @@ tq_note_finished(PG_FUNCTION_ARGS)
 	deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), TEXTOID, -1, false, TYPALIGN_INT, &ss, &snulls,
 					  &ns);
 	if (nq != n || ns != n)
-		elog(ERROR, "tq.note_finished: arrays of different lengths");
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("the arrays of task ids, queues and states differ in length"),
+				 errdetail("There are %d ids, %d queues and %d states.", n, nq, ns),
+				 errhint("Pass one queue and one state per finished task, in the same order.")));
 	if (!callback_registered)
 	{
 		RegisterXactCallback(wait_xact_callback, NULL);

@@ -27,9 +27,17 @@
 #   isolation/   pg_isolation_regress results and regression.diffs
 #   tap/         prove's output, and the TAP tests' logs when one failed
 #
+# One test at a time: name the tests, of any layer, and only those run
+# (each in its layer, against the same throwaway cluster):
+#
+#   test/run-tests.sh test/pgtap/220_fuzz_findings.sql
+#   test/run-tests.sh test/tap/018_fuzz_findings.pl worker/test/test_config.c
+#   test/run-tests.sh test/isolation/specs/fencing.spec test/upgrade/run.sh
+#
 # Settings (environment): TQ_TEST_PORT, TQ_TEST_CONF, TQ_TEST_KEEP, see
 # test/cluster.sh; TQ_TEST_LAYERS, a space-separated subset of
-# "unit pgtap isolation upgrade tap" to run (default: all).
+# "unit pgtap isolation upgrade tap" to run (default: all, or the layers of
+# the tests named).
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,6 +57,38 @@ pg_testdir=$(cd "$pgxs_dir/../test" && pwd)
 bindir=$(pg_config --bindir)
 results=$top/test/results
 layers=${TQ_TEST_LAYERS:-unit pgtap isolation upgrade tap}
+
+# Tests named on the command line, by layer (empty: every test of a layer).
+only_unit=() only_pgtap=() only_isolation=() only_tap=()
+if [ "$#" -gt 0 ]; then
+	layers=
+	for arg in "$@"; do
+		arg=${arg#./}
+		if [ ! -f "$arg" ]; then
+			echo "run-tests.sh: no such test: $arg"
+			echo "0 passed, 1 failed"
+			exit 1
+		fi
+		case $arg in
+		worker/test/test_*.c) only_unit+=("test/$(basename "$arg" .c)") layer=unit ;;
+		test/pgtap/*.sql) only_pgtap+=("$arg") layer=pgtap ;;
+		test/isolation/specs/*.spec) only_isolation+=("$arg") layer=isolation ;;
+		test/upgrade/run.sh) layer=upgrade ;;
+		test/tap/*.pl) only_tap+=("$arg") layer=tap ;;
+		*)
+			echo "run-tests.sh: not a test of any layer: $arg"
+			echo "(worker/test/test_*.c, test/pgtap/*.sql, test/isolation/specs/*.spec,"
+			echo " test/upgrade/run.sh, test/tap/*.pl)"
+			echo "0 passed, 1 failed"
+			exit 1
+			;;
+		esac
+		case " $layers " in
+		*" $layer "*) ;;
+		*) layers="$layers $layer" ;;
+		esac
+	done
+fi
 
 passed=0
 failed=0
@@ -125,10 +165,14 @@ count_harness_failures()
 layer_unit()
 {
 	local out rc=0 nfail names=() f
-	for f in worker/test/test_*.c; do
-		[ -f "$f" ] || continue
-		names+=("test/$(basename "$f" .c)")
-	done
+	if [ "${#only_unit[@]}" -gt 0 ]; then
+		names=("${only_unit[@]}")
+	else
+		for f in worker/test/test_*.c; do
+			[ -f "$f" ] || continue
+			names+=("test/$(basename "$f" .c)")
+		done
+	fi
 	if [ "${#names[@]}" -eq 0 ]; then
 		echo "unit: no tests in worker/test, skipped"
 		return 0
@@ -136,7 +180,7 @@ layer_unit()
 	say "unit: ${#names[@]} C test program(s) with prove"
 	mkdir -p "$results"
 	out=$results/unit.log
-	make -s -C worker check 2>&1 | tee "$out" || rc=$?
+	make -s -C worker check TESTS="${names[*]}" 2>&1 | tee "$out" || rc=$?
 	nfail=$(count_harness_failures "$out" "${names[@]}")
 	if [ "$rc" -ne 0 ] && [ "$nfail" -eq 0 ]; then
 		nfail=${#names[@]}
@@ -154,6 +198,7 @@ layer_pgtap()
 	shopt -s nullglob
 	files=(test/pgtap/*.sql)
 	shopt -u nullglob
+	[ "${#only_pgtap[@]}" -eq 0 ] || files=("${only_pgtap[@]}")
 	if [ "${#files[@]}" -eq 0 ]; then
 		echo "pgtap: no test files in test/pgtap, skipped"
 		return 0
@@ -190,6 +235,7 @@ layer_isolation()
 	shopt -s nullglob
 	specs=(test/isolation/specs/*.spec)
 	shopt -u nullglob
+	[ "${#only_isolation[@]}" -eq 0 ] || specs=("${only_isolation[@]}")
 	if [ "${#specs[@]}" -eq 0 ]; then
 		echo "isolation: no specs in test/isolation/specs, skipped"
 		return 0
@@ -289,6 +335,7 @@ layer_tap()
 	shopt -s nullglob
 	files=(test/tap/*.pl)
 	shopt -u nullglob
+	[ "${#only_tap[@]}" -eq 0 ] || files=("${only_tap[@]}")
 	if [ "${#files[@]}" -eq 0 ]; then
 		echo "tap: no test files in test/tap, skipped"
 		return 0
@@ -298,6 +345,8 @@ layer_tap()
 	done
 
 	say "tap: ${#files[@]} file(s) with prove"
+	# What the tests run besides tqd (built by the unit layer when it runs).
+	make -s -C worker tqd tqd-asan test/tqtest_httpd
 	tap_copy=$(mktemp -d /tmp/tq-tap.XXXXXX)
 	tar -C "$top" --exclude=./.git --exclude=./test/results --exclude=./test/tmp \
 		--exclude=./test/tap/tmp_check -cf - . | tar -C "$tap_copy" -xf -

@@ -241,6 +241,48 @@ pgc_connect(PgConn *c)
 		start_attempt(c);
 }
 
+/*
+ * What the server (or libpq itself) says outside a query's result: a
+ * NOTICE or WARNING, or the FATAL that precedes a terminated connection.
+ * libpq's default writes it raw to stderr, which would break the logfmt
+ * stream; here it becomes a log line with the connection's name and the
+ * server's own severity, SQLSTATE and words.
+ */
+static void
+on_notice(void *arg, const PGresult *res)
+{
+	PgConn *c = arg;
+	const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+	char whole[1024];
+	LogLevel level = LOG_INFO;
+	size_t n;
+
+	if (sev == NULL)
+		sev = PQresultErrorField(res, PG_DIAG_SEVERITY);
+	if (sev == NULL)
+		sev = "NOTICE";
+	if (strcmp(sev, "WARNING") == 0)
+		level = LOG_WARNING;
+	else if (strcmp(sev, "ERROR") == 0 || strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0)
+		level = LOG_ERROR;
+	else if (strcmp(sev, "DEBUG") == 0 || strcmp(sev, "LOG") == 0)
+		level = LOG_DEBUG;
+	if (primary == NULL)
+	{
+		/* libpq's own notices carry only the whole text, with a newline. */
+		snprintf(whole, sizeof(whole), "%s", PQresultErrorMessage(res));
+		n = strlen(whole);
+		while (n > 0 && (whole[n - 1] == '\n' || whole[n - 1] == ' '))
+			whole[--n] = '\0';
+		primary = whole;
+	}
+	tlog(level, "server notice", "conn=%s severity=%s sqlstate=%s message=%s%s%s", kvq(c->name),
+		 kvq(sev), kvq(state), kvq(primary), detail ? " detail=" : "", detail ? kvq(detail) : "");
+}
+
 /* Starts one connection attempt. */
 static void
 start_attempt(PgConn *c)
@@ -262,6 +304,7 @@ start_attempt(PgConn *c)
 		broken(c, PQerrorMessage(c->conn));
 		return;
 	}
+	PQsetNoticeReceiver(c->conn, on_notice, c);
 	c->state = PGC_CONNECTING;
 	ev_timer_set(&c->timer, c->opts.connect_timeout, 0.);
 	ev_timer_start(c->loop, &c->timer);

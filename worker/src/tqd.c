@@ -703,10 +703,17 @@ start_task(Task *t)
 			t->run = exec_start(t->d->loop, &spec, exec_done, t, err, sizeof(err));
 			if (t->run == NULL)
 			{
-				/* fork or pipe failed: this host's trouble, not the task's. */
+				/*
+				 * fork or pipe failed.  A failed attempt, not a hand-back: a
+				 * release would lease the task again at once, and a program
+				 * that cannot start would spin (found by fuzzing: 226
+				 * attempts in 2 s).  The queue's backoff and max_attempts
+				 * decide, as for any failure.
+				 */
 				tlog(LOG_ERROR, "could not start the task's program", "task=%lld queue=%s error=%s",
 					 t->id, kvq(t->queue->name), kvq(err));
-				task_done(t, REPORT_RELEASE);
+				set_fail(t, "auto", "could not start the program: %s", err);
+				task_done(t, REPORT_FAIL);
 			}
 			return;
 		}
@@ -1105,7 +1112,9 @@ start_http(Task *t)
 	{
 		tlog(LOG_ERROR, "could not start the request", "task=%lld queue=%s url=%s error=%s", t->id,
 			 kvq(t->queue->name), kvq(qc->url), kvq(err));
-		task_done(t, REPORT_RELEASE);
+		/* A failed attempt with backoff, not a release: see start_task. */
+		set_fail(t, "auto", "could not start the request: %s", err);
+		task_done(t, REPORT_FAIL);
 		return;
 	}
 	t->http_ticket = aimd_sent(&t->ep->aimd, ev_time());

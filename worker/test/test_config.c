@@ -594,6 +594,47 @@ test_errors(void)
 	fails_with("[queue:q]\nhandler = exec\ncommand = /bin/sh -c 'echo hi\n",
 			   ":3: key \"command\": unterminated single quote at character 12",
 			   "a command with an unterminated quote");
+	/* Found by fuzzing: '' passed, then tqd leased and released in a loop. */
+	fails_with("[queue:q]\nhandler = exec\ncommand = ''\n", ":3: key \"command\": no program given",
+			   "an empty quoted program");
+	fails_with("[queue:q]\nhandler = exec\ncommand = \"\" -x\n",
+			   ":3: key \"command\": no program given", "an empty program with arguments");
+
+	/* Found by fuzzing: every connection attempt failed forever. */
+	fails_with("[tqd]\nconninfo = host='unterminated\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"conninfo\": libpq cannot parse it: unterminated quoted string in "
+			   "connection info string",
+			   "a conninfo libpq cannot parse");
+	fails_with("[tqd]\nconninfo = hots=db\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"conninfo\": libpq cannot parse it: invalid connection option \"hots\"",
+			   "a conninfo with an unknown option");
+	fails_with("[tqd]\nconninfo = postgresql://db/app?bogus=1\n[queue:q]\nhandler = noop\n",
+			   ":2: key \"conninfo\": libpq cannot parse it: invalid URI query parameter: "
+			   "\"bogus\"",
+			   "a URI with an unknown parameter");
+	c = loads("[tqd]\nconninfo = postgresql://tqd@db:5433/app?application_name=w\n"
+			  "[queue:q]\nhandler = noop\n",
+			  "a conninfo URI");
+	config_free(c);
+
+	/* Found by fuzzing: 40,000 sections took 6.75 s (a quadratic check). */
+	{
+		size_t cap = 1001 * 40 + 1, len = 0;
+		char *big = malloc(cap);
+
+		for (int i = 0; i < 1001; i++)
+			len += snprintf(big + len, cap - len, "[queue:q%d]\nhandler = noop\n", i);
+		c = load_text(big, err, sizeof(err));
+		ok(c == NULL && strstr(err, ":2001: section \"queue:q1000\": too many queues (at most "
+									"1000 in one file); run another tqd for the rest") != NULL,
+		   "the 1001st queue section is refused");
+		config_free(c);
+		big[len - strlen("[queue:q1000]\nhandler = noop\n")] = '\0';
+		c = loads(big, "1000 queue sections");
+		ok(c != NULL && c->nqueues == 1000, "1000 queue sections are read");
+		config_free(c);
+		free(big);
+	}
 
 	fails_with("[queue:q]\nhandler = sql\nfunction = app.f'x\n",
 			   ":3: key \"function\": invalid function name \"app.f'x\": expected name or "
@@ -686,6 +727,23 @@ test_lines(void)
 			   ":3: key \"slots\": this line starts with a blank, so it continues the value of "
 			   "\"slots\", which takes one line (remove the indentation)",
 			   "an indented key under a number");
+	/* Found by fuzzing: the worker got named "w1 slots = 3". */
+	fails_with("[tqd]\nworker_name = w1\n\n  slots = 3\n[queue:q]\nhandler = noop\n",
+			   ":4: key \"worker_name\": this indented line follows a blank or comment line (line "
+			   "3), so it would continue the value of \"worker_name\" (remove the indentation, or "
+			   "the line between)",
+			   "an indented key after a blank line");
+	fails_with("[queue:q]\nhandler = exec\ncommand = /bin/echo hello\n; more\n  concurrency = 8\n",
+			   ":5: key \"command\": this indented line follows a blank or comment line (line 4), "
+			   "so it would continue the value of \"command\" (remove the indentation, or the line "
+			   "between)",
+			   "an indented key after a comment line");
+	c = loads("[tqd]\nworker_name = w1\n\nslots = 3\n  ; an indented comment\n[queue:q]\n"
+			  "handler = noop\n",
+			  "a key after a blank line, then an indented comment");
+	ok(c != NULL && strcmp(c->worker_name, "w1") == 0 && c->slots == 3,
+	   "keys around a blank line are read apart");
+	config_free(c);
 	c = loads("[tqd]\n  slots = 2\n[queue:q]\nhandler = noop\n",
 			  "an indented first key of a section");
 	ok(c != NULL && c->slots == 2, "an indented first key is a key");
@@ -918,7 +976,7 @@ test_http(void)
 int
 main(void)
 {
-	plan(289);
+	plan(302);
 	test_sample();
 	test_defaults();
 	test_values();

@@ -1,0 +1,452 @@
+/*
+ * tq 0.6.0 -> 0.7.0: bad input found by fuzzing.
+ *
+ * - Every numeric queue and tenant option is bounded to a range that the
+ *   arithmetic on it survives (priority_aging at least 0.001, rate_per_sec
+ *   at least 0.000001); values already stored outside the new bounds are
+ *   moved to the nearest bound, with a notice.
+ * - A batch that names the same (id, attempt) twice acts on it once, for
+ *   its first occurrence, and reports only that one as acted on.
+ * - Batch arrays must be one-dimensional, with tq's own error.
+ * - A task reclaimed after a lost lease keeps its place in line: the
+ *   failed attempt's backoff still applies, but then it is dispatched with
+ *   the key it already had, not behind the work submitted since.
+ *
+ * The 0.7.0 library (extension/fair.c) also rebuilds its shared state
+ * arithmetic in C, clamping and reporting a queue's odd setting instead of
+ * failing every queue; it serves a database still at 0.6.0 too.
+ */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION tq UPDATE TO '0.7.0'" to load this file. \quit
+
+------------------------------------------------------------------------------
+-- Bounds of the queue and tenant options
+------------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION tq.check_queue_options(q tq.queue) RETURNS tq.queue
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM tq.check_int('max_attempts', q.max_attempts, 1, 1000, false);
+    PERFORM tq.check_interval('lease', q.lease, '1 second', '7 days', false);
+    PERFORM tq.check_interval('backoff_base', q.backoff_base, '1 millisecond', '1 day', false);
+    PERFORM tq.check_interval('backoff_cap', q.backoff_cap, '1 millisecond', '30 days', false);
+    IF q.backoff_base > q.backoff_cap THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'backoff_base must not exceed backoff_cap',
+            DETAIL = format('backoff_base is %s and backoff_cap is %s.', q.backoff_base, q.backoff_cap);
+    END IF;
+    PERFORM tq.check_int('throttle_limit', q.throttle_limit, 0, 100000, false);
+    PERFORM tq.check_interval('dedup_window', q.dedup_window, '0', '366 days', false);
+    PERFORM tq.check_interval('retention', q.retention, '1 minute', '100 years', false);
+    PERFORM tq.check_int('backlog_limit', q.backlog_limit, 1, 1000000000000);
+    PERFORM tq.check_interval('timeout', q.timeout, '1 second', '7 days');
+    PERFORM tq.check_limits(q.rate_per_sec, q.burst, q.concurrency);
+    -- At least 0.001: the shift priority_aging / 2 * p / (|p| + 1) must
+    -- neither underflow nor vanish (extension/fair.c clamps to the same).
+    IF q.priority_aging IS NULL OR NOT (q.priority_aging >= 0.001 AND q.priority_aging <= 1e12) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'priority_aging is out of range',
+            DETAIL = format('The value given is %s; it must be between 0.001 and 1e12.',
+                            coalesce(q.priority_aging::text, 'NULL')),
+            HINT = 'priority_aging is a number of rounds; the default is 1000000.';
+    END IF;
+    RETURN q;
+END
+$$;
+
+-- Rate, burst and concurrency of a queue or a tenant.  At least one start
+-- per 11.6 days: a bucket's refill time (1 / rate) must stay a number of
+-- seconds an interval can hold.
+CREATE OR REPLACE FUNCTION tq.check_limits(p_rate double precision, p_burst double precision, p_concurrency integer)
+    RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_rate IS NOT NULL AND NOT (p_rate >= 0.000001 AND p_rate <= 1e9) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'rate_per_sec is out of range',
+            DETAIL = format('The value given is %s; it must be between 0.000001 and 1e9.', p_rate),
+            HINT = 'Pass NULL (or 0 to tq_alter_queue) for no rate limit.';
+    END IF;
+    IF p_burst IS NOT NULL AND NOT (p_burst >= 1 AND p_burst <= 1e12) THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'burst is out of range',
+            DETAIL = format('The value given is %s; it must be at least 1 and at most 1e12.', p_burst);
+    END IF;
+    IF p_burst IS NOT NULL AND p_rate IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'burst needs rate_per_sec',
+            HINT = 'burst is the bucket size of a rate limit; set rate_per_sec too.';
+    END IF;
+    PERFORM tq.check_int('concurrency', p_concurrency, 1, 1000000);
+END
+$$;
+
+-- Stored values outside the new bounds (accepted by 0.6.0) move to the
+-- nearest bound.
+DO $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN UPDATE tq.queue SET priority_aging = 0.001 WHERE priority_aging < 0.001 RETURNING name LOOP
+        RAISE NOTICE 'tq: priority_aging of queue "%" raised to 0.001, the new lower bound', r.name;
+    END LOOP;
+    FOR r IN UPDATE tq.queue SET rate_per_sec = 0.000001 WHERE rate_per_sec < 0.000001 RETURNING name LOOP
+        RAISE NOTICE 'tq: rate_per_sec of queue "%" raised to 0.000001, the new lower bound', r.name;
+    END LOOP;
+    FOR r IN UPDATE tq.tenant SET rate_per_sec = 0.000001 WHERE rate_per_sec < 0.000001
+             RETURNING queue, tenant LOOP
+        RAISE NOTICE 'tq: rate_per_sec of tenant "%" of queue "%" raised to 0.000001, the new lower bound',
+            r.tenant, r.queue;
+    END LOOP;
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Batch calls
+------------------------------------------------------------------------------
+
+CREATE FUNCTION tq.check_dims(p_what text, p_array anyarray) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF array_ndims(p_array) > 1 THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = format('%s must be a one-dimensional array', p_what),
+            DETAIL = format('The array given has %s dimensions.', array_ndims(p_array)),
+            HINT = 'Pass one flat array with an element per task, for example ARRAY[1, 2, 3].';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tq.check_dims(text, anyarray) IS 'Raises a clear error for an array of more than one dimension where a list is expected.';
+
+/*
+ * As in 0.1.0, and the arrays must be one-dimensional (array_position
+ * raised PostgreSQL's own "searching for elements in multidimensional
+ * arrays is not supported" instead).
+ */
+CREATE OR REPLACE FUNCTION tq.check_batch(p_ids bigint[], p_attempts integer[], p_other_len integer DEFAULT NULL,
+                               p_other_name text DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    n integer := coalesce(cardinality(p_ids), 0);
+BEGIN
+    IF p_ids IS NULL OR p_attempts IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'task ids and attempts must not be null',
+            HINT = 'Pass the id and the attempt number that tq_lease returned for each task.';
+    END IF;
+    PERFORM tq.check_dims('task ids', p_ids);
+    PERFORM tq.check_dims('attempts', p_attempts);
+    IF array_position(p_ids, NULL) IS NOT NULL OR array_position(p_attempts, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'task ids and attempts must not contain NULL',
+            HINT = 'Pass the id and the attempt number that tq_lease returned for each task.';
+    END IF;
+    IF cardinality(p_attempts) <> n THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = 'the arrays of task ids and attempts differ in length',
+            DETAIL = format('There are %s ids and %s attempts.', n, cardinality(p_attempts)),
+            HINT = 'Pass one attempt number per task id, in the same order.';
+    END IF;
+    IF p_other_len IS NOT NULL AND p_other_len <> n THEN
+        RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+            MESSAGE = format('the arrays of task ids and %s differ in length', p_other_name),
+            DETAIL = format('There are %s ids and %s %s.', n, p_other_len, p_other_name),
+            HINT = format('Pass one element of %s per task id, in the same order, or NULL for none.', p_other_name);
+    END IF;
+    RETURN n;
+END
+$$;
+
+/*
+ * For each input (id, attempt), whether it was acted on.  A pair named
+ * more than once in a batch was acted on once: only its first occurrence
+ * says true (tq.first_of is what the batch's outcome was taken from).
+ */
+CREATE OR REPLACE FUNCTION tq.mask(p_ids bigint[], p_attempts integer[], p_done_ids bigint[], p_done_attempts integer[])
+    RETURNS boolean[]
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF cardinality(p_ids) = 1 THEN
+        RETURN ARRAY[coalesce(p_done_ids[1] = p_ids[1] AND p_done_attempts[1] = p_attempts[1], false)];
+    END IF;
+    RETURN (SELECT coalesce(array_agg(d.id IS NOT NULL AND u.first ORDER BY u.o), '{}')
+              FROM (SELECT x.id, x.attempt, x.o,
+                           row_number() OVER (PARTITION BY x.id, x.attempt ORDER BY x.o) = 1 AS first
+                      FROM unnest(p_ids, p_attempts) WITH ORDINALITY AS x(id, attempt, o)) u
+              LEFT JOIN (SELECT DISTINCT z.x, z.y FROM unnest(p_done_ids, p_done_attempts) AS z(x, y)) d(id, attempt)
+                     ON d.id = u.id AND d.attempt = u.attempt);
+END
+$$;
+
+/*
+ * The positions of a batch that the call acts on: the first occurrence of
+ * each (id, attempt), so that a pair named twice takes the outcome,
+ * result or error given first.
+ */
+CREATE FUNCTION tq.first_of(p_ids bigint[], p_attempts integer[]) RETURNS SETOF bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT min(x.o) FROM unnest(p_ids, p_attempts) WITH ORDINALITY AS x(id, attempt, o)
+     GROUP BY x.id, x.attempt
+$$;
+COMMENT ON FUNCTION tq.first_of(bigint[], integer[]) IS 'Positions (1-based) of the first occurrence of each (id, attempt) in a batch.';
+
+/*
+ * As in 0.6.0, acting on the first occurrence of an (id, attempt) named
+ * twice (before, the row deleted took whichever result the join met).
+ */
+CREATE OR REPLACE FUNCTION tq.finish(p_ids bigint[], p_attempts integer[], p_from tq.task_state[],
+                          p_to tq.task_state[], p_results jsonb[], p_errors text[])
+    RETURNS TABLE (id bigint, attempt integer)
+    LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    f_ids bigint[];
+    f_attempts integer[];
+    f_queues text[];
+    f_states tq.task_state[];
+    f_keys text[];
+BEGIN
+    WITH u AS (
+        SELECT DISTINCT ON (u.id) u.*
+          FROM unnest(p_ids, p_attempts, p_to, p_results, p_errors) WITH ORDINALITY
+               AS u(id, attempt, to_state, result, error, o)
+         ORDER BY u.id, u.o
+    ), d AS (
+        DELETE FROM tq.task t
+        USING u
+        WHERE t.id = u.id
+          AND (u.attempt IS NULL OR t.attempt = u.attempt)
+          AND t.state = ANY (p_from)
+        RETURNING t.*, u.to_state, u.result AS new_result, u.error AS new_error
+    ), h AS (
+        INSERT INTO tq.history (id, queue, state, priority, tenant, payload, result, last_error,
+                                dedup_key, run_at, expires_at, timeout, max_attempts, attempt,
+                                free_attempts, throttles, worker, submitted_at, first_started_at,
+                                started_at, finished_at, log, trace, traceparent)
+        SELECT d.id, d.queue, d.to_state, d.priority, d.tenant, d.payload, d.new_result,
+               coalesce(d.new_error, d.last_error), d.dedup_key, d.run_at, d.expires_at, d.timeout,
+               d.max_attempts, d.attempt, d.free_attempts, d.throttles, d.worker, d.submitted_at,
+               d.first_started_at, d.started_at, now(), d.log,
+               d.trace, d.traceparent
+        FROM d
+        RETURNING id, attempt, queue, state, dedup_key
+    )
+    SELECT array_agg(h.id), array_agg(h.attempt), array_agg(h.queue), array_agg(h.state),
+           array_agg(h.dedup_key)
+      INTO f_ids, f_attempts, f_queues, f_states, f_keys
+      FROM h;
+    IF f_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    IF array_remove(f_keys, NULL) <> '{}' THEN
+        UPDATE tq.dedup x SET until = now() + q.dedup_window
+          FROM unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+          JOIN tq.queue q ON q.name = h.queue
+         WHERE h.state = 'succeeded' AND h.dedup_key IS NOT NULL
+           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+        DELETE FROM tq.dedup x
+         USING unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+         WHERE h.state <> 'succeeded' AND h.dedup_key IS NOT NULL
+           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+    END IF;
+
+    -- Whoever waits in tq_wait for one of these is woken at commit, and
+    -- tq_queue_activity counts them then.
+    PERFORM tq.note_finished(f_ids, f_queues, f_states::text[]);
+
+    PERFORM pg_catalog.pg_notify('tq_done',
+                pg_catalog.json_agg(pg_catalog.json_build_object('id', n.id, 'queue', n.queue,
+                                                                 'state', n.state) ORDER BY n.o)::text)
+       FROM unnest(f_ids, f_queues, f_states) WITH ORDINALITY AS n(id, queue, state, o)
+      GROUP BY (n.o - 1) / 100;
+
+    RETURN QUERY SELECT * FROM unnest(f_ids, f_attempts);
+END
+$$;
+
+/*
+ * As in 0.1.0, acting on the first occurrence of an (id, attempt) named
+ * twice (before, both were aggregated and the update took either).
+ */
+CREATE OR REPLACE FUNCTION tq.fail_running(p_ids bigint[], p_attempts integer[], p_errors text[],
+                                p_retry text[], p_delays interval[])
+    RETURNS TABLE (id bigint, attempt integer)
+    LANGUAGE plpgsql VOLATILE AS $$
+#variable_conflict use_column
+DECLARE
+    c_ids bigint[];
+    c_attempts integer[];
+    c_outcomes text[];
+    c_errors text[];
+    c_delays interval[];
+BEGIN
+    SELECT array_agg(t.id), array_agg(t.attempt),
+           array_agg(CASE
+                WHEN t.cancel_requested THEN 'cancelled'
+                WHEN u.retry = 'never' THEN 'dead'
+                WHEN u.retry = 'throttled' AND t.throttles < q.throttle_limit THEN 'throttled'
+                WHEN t.attempt - t.free_attempts >= t.max_attempts THEN 'dead'
+                ELSE 'retry' END),
+           array_agg(u.error),
+           array_agg(coalesce(u.delay,
+                CASE WHEN u.retry = 'throttled' AND t.throttles < q.throttle_limit
+                     THEN tq.backoff(t.throttles + 1, q.backoff_base, q.backoff_cap)
+                     ELSE tq.backoff(t.attempt - t.free_attempts, q.backoff_base, q.backoff_cap) END))
+      INTO c_ids, c_attempts, c_outcomes, c_errors, c_delays
+    FROM unnest(p_ids, p_attempts, p_errors, p_retry, p_delays) WITH ORDINALITY
+         AS u(id, attempt, error, retry, delay, o)
+    JOIN tq.first_of(p_ids, p_attempts) f(o) ON f.o = u.o
+    JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
+    JOIN tq.queue q ON q.name = t.queue;
+
+    IF c_ids IS NULL THEN
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    UPDATE tq.task t
+       SET state = 'scheduled',
+           run_at = now() + c.delay,
+           throttles = t.throttles + (c.outcome = 'throttled')::integer,
+           free_attempts = t.free_attempts + (c.outcome = 'throttled')::integer,
+           last_error = c.error,
+           lease_until = NULL,
+           lease_duration = NULL
+      FROM unnest(c_ids, c_attempts, c_outcomes, c_errors, c_delays) AS c(id, attempt, outcome, error, delay)
+     WHERE t.id = c.id AND t.attempt = c.attempt AND t.state = 'running'
+       AND c.outcome IN ('retry', 'throttled')
+    RETURNING t.id, t.attempt;
+
+    RETURN QUERY
+    SELECT f.id, f.attempt
+      FROM (SELECT array_agg(c.id) AS ids, array_agg(c.attempt) AS attempts,
+                   array_agg(c.outcome::tq.task_state) AS outcomes, array_agg(c.error) AS errors
+              FROM unnest(c_ids, c_attempts, c_outcomes, c_errors) AS c(id, attempt, outcome, error)
+             WHERE c.outcome IN ('dead', 'cancelled')) a,
+           LATERAL tq.finish(a.ids, a.attempts, '{running}', a.outcomes, NULL, a.errors) f;
+END
+$$;
+
+-- As in 0.1.0, and the results array must be one-dimensional.
+CREATE OR REPLACE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL)
+    RETURNS boolean[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer := tq.check_batch(ids, attempts, cardinality(results), 'results');
+    done_ids bigint[];
+    done_attempts integer[];
+BEGIN
+    PERFORM tq.check_dims('results', results);
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    PERFORM tq.check_result(r) FROM unnest(results) r WHERE r IS NOT NULL;
+    SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
+      FROM tq.finish(ids, attempts, '{running}', array_fill('succeeded'::tq.task_state, ARRAY[n]),
+                     results, NULL) f;
+    RETURN tq.mask(ids, attempts, done_ids, done_attempts);
+END
+$$;
+
+-- As in 0.1.0, and the errors, retry and retry_after arrays must be one-dimensional.
+CREATE OR REPLACE FUNCTION @extschema@.tq_fail(ids bigint[], attempts integer[], errors text[],
+                                    retry text[] DEFAULT NULL, retry_after interval[] DEFAULT NULL)
+    RETURNS boolean[]
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer := tq.check_batch(ids, attempts, cardinality(errors), 'errors');
+    bad text;
+    done_ids bigint[];
+    done_attempts integer[];
+BEGIN
+    IF errors IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'errors must not be null',
+            HINT = 'Pass one error text per task id, saying why each attempt failed.';
+    END IF;
+    PERFORM tq.check_dims('errors', errors);
+    PERFORM tq.check_dims('retry', retry);
+    PERFORM tq.check_dims('retry_after', retry_after);
+    PERFORM tq.check_batch(ids, attempts, cardinality(retry), 'retry');
+    PERFORM tq.check_batch(ids, attempts, cardinality(retry_after), 'retry_after');
+    IF n = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF array_position(errors, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'error must not be null',
+            HINT = 'Say why the attempt failed; the text is kept as the task''s last_error.';
+    END IF;
+    SELECT r INTO bad FROM unnest(retry) r WHERE r NOT IN ('auto', 'never', 'throttled') LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = format('invalid retry mode "%s"', bad),
+            HINT = 'Use ''auto'' (retry with backoff), ''never'' (dead at once) or ''throttled'' (retry without using up an attempt).';
+    END IF;
+    PERFORM tq.check_interval('retry_after', d, '0', '30 days') FROM unnest(retry_after) d WHERE d IS NOT NULL;
+    SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
+      FROM tq.fail_running(ids, attempts,
+               ARRAY(SELECT tq.clip_error(e) FROM unnest(errors) WITH ORDINALITY AS x(e, o) ORDER BY o),
+               ARRAY(SELECT coalesce(r, 'auto')
+                       FROM unnest(coalesce(retry, array_fill(NULL::text, ARRAY[n]))) WITH ORDINALITY AS x(r, o)
+                      ORDER BY o),
+               retry_after) f;
+    RETURN tq.mask(ids, attempts, done_ids, done_attempts);
+END
+$$;
+
+------------------------------------------------------------------------------
+-- Lost leases keep their place in line
+------------------------------------------------------------------------------
+
+/*
+ * Expired leases count as a failed attempt (the worker died or hung): the
+ * task waits out the backoff, or is dead once out of attempts, as after
+ * tq_fail.  Unlike a failure its handler reported, it keeps its dispatch
+ * key: it was already waiting its turn when it was lost, so once due it
+ * goes back to the head of its queue instead of behind the work submitted
+ * since.  The key is put back on the scheduled row after the failure
+ * (tq.task_row clears it on the way to scheduled and does not run for an
+ * update of vkey alone); promotion to ready then keeps it.
+ */
+CREATE OR REPLACE FUNCTION tq.reclaim(p_limit integer DEFAULT 1000) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    ids bigint[];
+    attempts integer[];
+    workers text[];
+    keys double precision[];
+    n bigint;
+BEGIN
+    SELECT array_agg(id), array_agg(attempt), array_agg(worker), array_agg(vkey)
+      INTO ids, attempts, workers, keys
+      FROM (SELECT id, attempt, worker, vkey FROM tq.task
+            WHERE state = 'running' AND lease_until < now()
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED) s;
+    IF ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    n := (SELECT count(*) FROM tq.fail_running(ids, attempts,
+                (SELECT array_agg(format('lease expired: worker "%s" neither finished nor extended it', w)
+                                  ORDER BY o)
+                   FROM unnest(workers) WITH ORDINALITY AS x(w, o)),
+                NULL, NULL));
+    UPDATE tq.task t SET vkey = k.vkey
+      FROM unnest(ids, attempts, keys) AS k(id, attempt, vkey)
+     WHERE t.id = k.id AND t.attempt = k.attempt AND t.state = 'scheduled' AND k.vkey IS NOT NULL;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION tq.reclaim(integer) IS 'Treats running tasks whose lease expired as failed attempts (retried after a backoff, keeping their place in line, or dead); returns how many.';
+
+------------------------------------------------------------------------------
+-- Privileges
+------------------------------------------------------------------------------
+
+REVOKE ALL ON FUNCTION tq.check_dims(text, anyarray), tq.first_of(bigint[], integer[]) FROM PUBLIC;
