@@ -503,17 +503,18 @@ sanitize_policy(const FairKey *k, Policy *p)
 	if (in.weight != p->weight || in.rate != p->rate || in.burst != p->burst ||
 		in.aging != p->aging || in.concurrency != p->concurrency ||
 		in.backlog_limit != p->backlog_limit)
-		ereport(WARNING,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("tq: the policy of queue \"%s\"%s%s%s is out of range; clamped values are "
-						"used",
-						k->queue, k->kind == KIND_TENANT ? ", tenant \"" : "",
-						k->kind == KIND_TENANT ? k->tenant : "", k->kind == KIND_TENANT ? "\"" : ""),
-				 errdetail("Read: weight %g, rate_per_sec %g, burst %g, priority_aging %g; used: "
-						   "weight %g, rate_per_sec %g, burst %g, priority_aging %g.",
-						   in.weight, in.rate, in.burst, in.aging, p->weight, p->rate, p->burst,
-						   p->aging),
-				 errhint("Set the values again with tq_alter_queue or tq_set_tenant.")));
+		ereport(
+			WARNING,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("tq: the policy of queue \"%s\"%s%s%s is out of range; clamped values are "
+					"used",
+					k->queue, k->kind == KIND_TENANT ? ", tenant \"" : "",
+					k->kind == KIND_TENANT ? k->tenant : "", k->kind == KIND_TENANT ? "\"" : ""),
+			 errdetail("Read: weight %g, rate_per_sec %g, burst %g, priority_aging %g; used: "
+					   "weight %g, rate_per_sec %g, burst %g, priority_aging %g.",
+					   in.weight, in.rate, in.burst, in.aging, p->weight, p->rate, p->burst,
+					   p->aging),
+			 errhint("Set the values again with tq_alter_queue or tq_set_tenant.")));
 }
 
 static double
@@ -1295,15 +1296,15 @@ rebuild(void)
 		d = SPI_getbinval(t, td, 6, &isnull);
 		if (!isnull && isfinite(DatumGetFloat8(d) + shift))
 		{
-			r->maxkey = r->has_max ? Max(r->maxkey, DatumGetFloat8(d) + shift)
-								   : DatumGetFloat8(d) + shift;
+			r->maxkey =
+				r->has_max ? Max(r->maxkey, DatumGetFloat8(d) + shift) : DatumGetFloat8(d) + shift;
 			r->has_max = true;
 		}
 		d = SPI_getbinval(t, td, 7, &isnull);
 		if (!isnull && isfinite(DatumGetFloat8(d) + shift))
 		{
-			r->minkey = r->has_min ? Min(r->minkey, DatumGetFloat8(d) + shift)
-								   : DatumGetFloat8(d) + shift;
+			r->minkey =
+				r->has_min ? Min(r->minkey, DatumGetFloat8(d) + shift) : DatumGetFloat8(d) + shift;
 			r->has_min = true;
 		}
 	}
@@ -1636,7 +1637,8 @@ check_row_owner(Relation rel, HeapTuple oldt, HeapTuple newt, TupleDesc desc, co
 		return;
 	old_queue = row_text(oldt, desc, cols.att_queue);
 	old_tenant = row_text(oldt, desc, cols.att_tenant);
-	if (old_queue == NULL || strcmp(old_queue, queue) != 0 || (old_tenant == NULL) != (tenant == NULL) ||
+	if (old_queue == NULL || strcmp(old_queue, queue) != 0 ||
+		(old_tenant == NULL) != (tenant == NULL) ||
 		(tenant != NULL && strcmp(old_tenant, tenant) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -2209,9 +2211,9 @@ tq_held_done(PG_FUNCTION_ARGS)
 	LocalAcct *a;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(2))
-		ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						errmsg("queue and gen must not be null"),
-						errhint("Pass a row of tq.held_work(); only its tenant may be null.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("queue and gen must not be null"),
+				 errhint("Pass a row of tq.held_work(); only its tenant may be null.")));
 	make_key(&k, text_to_cstring(PG_GETARG_TEXT_PP(0)),
 			 PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)), false);
 	a = local_slot(&k);

@@ -428,6 +428,16 @@ if want_layer isolation; then layer_isolation; fi
 if want_layer upgrade; then layer_upgrade; fi
 if want_layer tap; then layer_tap; fi
 
+# No input of any test may crash a server process.  (TAP tests that kill
+# processes on purpose run clusters of their own, and check their logs.)
+if grep -q 'terminated by signal' "$tq_cluster_logfile"; then
+	echo
+	echo "server: a server process was terminated by a signal:"
+	grep -B2 -A2 'terminated by signal' "$tq_cluster_logfile" | head -n 40
+	failed=$((failed + 1))
+	layer_failed server
+fi
+
 status=0
 if [ "${#failed_layers[@]}" -ne 0 ]; then
 	status=1
