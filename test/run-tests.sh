@@ -11,7 +11,7 @@
 #   pgtap      test/pgtap/*.sql with pg_prove, in a database with pgtap and tq
 #   isolation  test/isolation/specs/*.spec with pg_isolation_regress
 #   upgrade    test/upgrade/run.sh: oldest version, every ALTER EXTENSION
-#              UPDATE, and the same catalog as a fresh install
+#              UPDATE, and the same catalog as a fresh install (sql/tq.sql)
 #   tap        test/tap/*.pl with prove and PostgreSQL::Test::Cluster; these
 #              start (and crash) clusters of their own, and real tqd
 #              processes (010_tqd.pl)

@@ -3,23 +3,34 @@
 #
 # A user who installed an old tq and ran ALTER EXTENSION tq UPDATE after
 # every release must end up with exactly the database a fresh install of
-# the current version gives.  This script checks that:
+# the current version gives.  The two are built from different files: a
+# fresh install runs sql/tq.sql, the whole current schema (installed as
+# tq--<default_version>.sql), an update runs the upgrade scripts.  A change
+# made in one and not in the other fails this test.
 #
-#   1. In a fresh database, CREATE EXTENSION tq at the oldest version that
-#      has a full install script (sql/tq--X.sql).
-#   2. Walk ALTER EXTENSION tq UPDATE TO each next version reachable through
+#   1. Check that the server has the repository's scripts: the install
+#      script of default_version (extension/tq.control) identical to
+#      sql/tq.sql, and the oldest release's script and every upgrade script
+#      identical to theirs in sql/.  Otherwise we would test whatever an
+#      older `make install` left behind, or a default version that
+#      PostgreSQL builds from the upgrade chain itself.
+#   2. In a fresh database, CREATE EXTENSION tq at the oldest version that
+#      has a full install script (sql/tq--X.sql, the frozen base).
+#   3. Walk ALTER EXTENSION tq UPDATE TO each next version reachable through
 #      the upgrade scripts (sql/tq--A--B.sql), in version order, up to
-#      default_version from extension/tq.control, checking pg_extension's
-#      extversion after every step.
-#   3. In another fresh database, CREATE EXTENSION tq at default_version.
-#   4. Compare the two catalog footprints: the extension's member objects,
-#      its functions' signatures, result types and properties, and the
-#      columns, constraints and indexes of its tables.  Any difference is a
-#      bug in an upgrade script.
+#      default_version, checking pg_extension's extversion after every step.
+#   4. In another fresh database, CREATE EXTENSION tq: default_version, from
+#      its own install script.
+#   5. Compare the two catalog footprints (test/upgrade/footprint.sql says
+#      what they hold: members, columns, constraints, indexes, triggers,
+#      function bodies and properties, views, comments, privileges, the
+#      config tables pg_dump keeps, data).  Any difference is printed as a
+#      diff and fails the test.
 #
 # It talks to whatever server the libpq environment (PGHOST, PGPORT, PGUSER)
-# points at; test/run-tests.sh runs it against its throwaway cluster.  The
-# extension must have been installed there with `make install`.
+# points at, as a superuser (step 1 reads the installed files);
+# test/run-tests.sh runs it against its throwaway cluster.  The extension
+# must have been installed there with `make install`.
 set -euo pipefail
 
 top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -40,10 +51,13 @@ trap cleanup EXIT
 
 fail() { echo "upgrade: FAILED: $*" >&2; exit 1; }
 
-# Versions.  Full install scripts are tq--X.sql; upgrade scripts tq--A--B.sql.
+# Versions.  The current schema is sql/tq.sql; full install scripts of
+# older releases are tq--X.sql (the build's copy of sql/tq.sql,
+# tq--<default_version>.sql, may be there too); upgrade scripts tq--A--B.sql.
 default_version=$(sed -n "s/^default_version[[:space:]]*=[[:space:]]*'\([^']*\)'.*/\1/p" \
 	"$top/extension/tq.control")
 [ -n "$default_version" ] || fail "no default_version in extension/tq.control"
+[ -f "$top/sql/tq.sql" ] || fail "no sql/tq.sql, the current schema"
 
 full_versions=()
 upgrades=()
@@ -53,12 +67,14 @@ for f in "$top"/sql/tq--*.sql; do
 	base=${base#tq--}
 	base=${base%.sql}
 	case $base in
-	*--*) upgrades+=("$base") ;;     # A--B
+	*--*) upgrades+=("$base") ;;                  # A--B
+	"$default_version") ;;                        # built from sql/tq.sql
 	*) full_versions+=("$base") ;;
 	esac
 done
 shopt -u nullglob
-[ "${#full_versions[@]}" -gt 0 ] || fail "no full install script sql/tq--<version>.sql"
+[ "${#full_versions[@]}" -gt 0 ] ||
+	fail "no full install script of an older release (sql/tq--<version>.sql) to start the walk from"
 
 oldest=$(printf '%s\n' "${full_versions[@]}" | sort -V | head -n 1)
 
@@ -85,18 +101,36 @@ while [ "$current" != "$default_version" ]; do
 	[ "${#path[@]}" -le 1000 ] || fail "the upgrade walk does not end"
 done
 
-echo "upgrade: default_version $default_version; full install scripts: ${full_versions[*]}"
-echo "upgrade: walk: ${path[*]}"
+echo "upgrade: default_version $default_version from sql/tq.sql; walk from sql/tq--$oldest.sql: ${path[*]}"
 
-# The installed files must be the repository's: otherwise we would test
-# whatever an older `make install` left behind.
-available=$(psql_in postgres -c \
-	"SELECT string_agg(version, ' ') FROM pg_available_extension_versions WHERE name = 'tq'")
-for v in "${path[@]}" "$default_version"; do
-	case " $available " in
-	*" $v "*) ;;
-	*) fail "version $v of tq is not installed on the server (it has: ${available:-none}); run make install" ;;
-	esac
+# 1: the installed files must be the repository's.
+installed_default=$(psql_in postgres -c \
+	"SELECT default_version FROM pg_available_extensions WHERE name = 'tq'") ||
+	fail "could not ask the server for tq's default version"
+[ "$installed_default" = "$default_version" ] ||
+	fail "the server's tq.control has default_version '${installed_default:-none}', extension/tq.control '$default_version'; run make install"
+extdir=$(psql_in postgres -c "SELECT setting || '/extension' FROM pg_config WHERE name = 'SHAREDIR'") ||
+	fail "could not read the server's SHAREDIR (pg_config needs a superuser)"
+# same_file INSTALLED REPOSITORY_FILE
+#	True when the server's INSTALLED script has the bytes of the file.
+same_file()
+{
+	local installed want
+	installed=$(psql_in postgres -c \
+		"SELECT md5(pg_read_binary_file(f)) FROM (VALUES ('$extdir/$1')) AS v(f)
+		  WHERE (pg_stat_file(f, true)).size IS NOT NULL")
+	want=$(md5sum <"$2")
+	[ "$installed" = "${want%% *}" ]
+}
+same_file "tq--$default_version.sql" "$top/sql/tq.sql" ||
+	fail "the server's $extdir/tq--$default_version.sql is missing or differs from sql/tq.sql; run make install"
+same_file "tq--$oldest.sql" "$top/sql/tq--$oldest.sql" ||
+	fail "the server's $extdir/tq--$oldest.sql is missing or differs from sql/tq--$oldest.sql; run make install"
+prev=$oldest
+for v in "${path[@]:1}"; do
+	same_file "tq--$prev--$v.sql" "$top/sql/tq--$prev--$v.sql" ||
+		fail "the server's $extdir/tq--$prev--$v.sql is missing or differs from sql/tq--$prev--$v.sql; run make install"
+	prev=$v
 done
 
 extversion() { psql_in "$1" -c "SELECT extversion FROM pg_extension WHERE extname = 'tq'"; }
@@ -104,7 +138,7 @@ extversion() { psql_in "$1" -c "SELECT extversion FROM pg_extension WHERE extnam
 psql_admin -c "DROP DATABASE IF EXISTS $walk_db" -c "DROP DATABASE IF EXISTS $direct_db" >/dev/null
 psql_admin -c "CREATE DATABASE $walk_db" -c "CREATE DATABASE $direct_db" >/dev/null
 
-# 1 and 2: the oldest version, then every step.
+# 2 and 3: the oldest version, then every step.
 psql_in "$walk_db" -c "CREATE EXTENSION tq VERSION '$oldest'" >/dev/null ||
 	fail "CREATE EXTENSION tq VERSION '$oldest'"
 got=$(extversion "$walk_db")
@@ -118,122 +152,23 @@ for v in "${path[@]:1}"; do
 	echo "upgrade: updated to tq $v"
 done
 
-# 3: the direct install.
-psql_in "$direct_db" -c "CREATE EXTENSION tq VERSION '$default_version'" >/dev/null ||
-	fail "CREATE EXTENSION tq VERSION '$default_version'"
+# 4: the fresh install, from tq--<default_version>.sql alone.
+psql_in "$direct_db" -c "CREATE EXTENSION tq" >/dev/null ||
+	fail "CREATE EXTENSION tq (sql/tq.sql)"
 got=$(extversion "$direct_db")
 [ "$got" = "$default_version" ] || fail "after CREATE EXTENSION tq extversion is '$got'"
+echo "upgrade: created tq $default_version from sql/tq.sql"
 
-# 4: the footprint.  Everything is printed as text that does not depend on
-# OIDs, and sorted in the C collation.
-footprint_sql=$(cat <<'EOF'
-WITH ext AS (
-    SELECT oid FROM pg_extension WHERE extname = 'tq'
-), members AS (
-    SELECT d.classid, d.objid, d.objsubid
-    FROM pg_depend d, ext
-    WHERE d.refclassid = 'pg_extension'::regclass
-      AND d.refobjid = ext.oid
-      AND d.deptype = 'e'
-), rels AS (
-    SELECT c.oid FROM pg_class c JOIN members m
-      ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
-)
-SELECT line FROM (
-    -- every member object
-    SELECT 'member: ' || pg_describe_object(classid, objid, objsubid) AS line
-    FROM members
-  UNION ALL
-    -- functions: identity, result, and what changes behaviour
-    SELECT format('function: %s.%s(%s) returns %s; %s%s%s parallel %s; %s; config %s',
-                  n.nspname, p.proname,
-                  pg_get_function_identity_arguments(p.oid),
-                  coalesce(pg_get_function_result(p.oid), '-'),
-                  CASE p.provolatile WHEN 'i' THEN 'immutable' WHEN 's' THEN 'stable' ELSE 'volatile' END,
-                  CASE WHEN p.proisstrict THEN ' strict' ELSE '' END,
-                  CASE WHEN p.prosecdef THEN ' security definer' ELSE '' END,
-                  p.proparallel,
-                  l.lanname,
-                  coalesce(array_to_string(p.proconfig, ','), '-'))
-    FROM pg_proc p
-    JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
-    JOIN pg_namespace n ON n.oid = p.pronamespace
-    JOIN pg_language l ON l.oid = p.prolang
-  UNION ALL
-    -- function bodies (whitespace folded), so that a fix made in an
-    -- upgrade script is also in the install script and the other way round
-    SELECT format('function body: %s(%s) md5 %s',
-                  p.oid::regproc, pg_get_function_identity_arguments(p.oid),
-                  md5(btrim(regexp_replace(coalesce(p.prosrc, ''), '\s+', ' ', 'g'))
-                      || coalesce(p.probin, '')))
-    FROM pg_proc p
-    JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
-  UNION ALL
-    -- columns of member tables, views and types
-    SELECT format('column: %s.%s %s%s%s', a.attrelid::regclass, a.attname,
-                  format_type(a.atttypid, a.atttypmod),
-                  CASE WHEN a.attnotnull THEN ' not null' ELSE '' END,
-                  coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), ''))
-    FROM pg_attribute a
-    JOIN rels r ON r.oid = a.attrelid
-    LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-    WHERE a.attnum > 0 AND NOT a.attisdropped
-  UNION ALL
-    -- constraints of member tables
-    SELECT format('constraint: %s %s %s', co.conrelid::regclass, co.conname,
-                  pg_get_constraintdef(co.oid))
-    FROM pg_constraint co JOIN rels r ON r.oid = co.conrelid
-  UNION ALL
-    -- indexes of member tables
-    SELECT 'index: ' || pg_get_indexdef(i.indexrelid)
-    FROM pg_index i JOIN rels r ON r.oid = i.indrelid
-  UNION ALL
-    -- triggers of member tables
-    SELECT 'trigger: ' || pg_get_triggerdef(t.oid)
-    FROM pg_trigger t JOIN rels r ON r.oid = t.tgrelid
-    WHERE NOT t.tgisinternal
-  UNION ALL
-    -- view definitions
-    SELECT format('view: %s %s', c.oid::regclass, md5(pg_get_viewdef(c.oid)))
-    FROM pg_class c JOIN rels r ON r.oid = c.oid
-    WHERE c.relkind IN ('v', 'm')
-  UNION ALL
-    -- comments users read in psql, on members and on their columns
-    SELECT format('comment: %s: %s',
-                  pg_describe_object(d.classoid, d.objoid, d.objsubid), d.description)
-    FROM pg_description d
-    WHERE (d.classoid, d.objoid) IN (SELECT classid, objid FROM members)
-       OR (d.classoid = 'pg_class'::regclass AND d.objoid IN (SELECT oid FROM rels))
-  UNION ALL
-    -- enum labels, in their order (ALTER TYPE ... ADD VALUE can misplace one)
-    SELECT format('enum: %s %s', t.oid::regtype,
-                  string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder))
-    FROM pg_type t
-    JOIN members m ON m.classid = 'pg_type'::regclass AND m.objid = t.oid
-    JOIN pg_enum e ON e.enumtypid = t.oid
-    GROUP BY t.oid
-  UNION ALL
-    -- privileges (roles tq_producer, tq_worker, tq_admin)
-    SELECT format('acl: %s %s', c.oid::regclass, coalesce(c.relacl::text, '-'))
-    FROM pg_class c JOIN rels r ON r.oid = c.oid
-  UNION ALL
-    SELECT format('acl: %s(%s) %s', p.oid::regproc, pg_get_function_identity_arguments(p.oid),
-                  coalesce(p.proacl::text, '-'))
-    FROM pg_proc p
-    JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
-) AS footprint
-ORDER BY line COLLATE "C";
-EOF
-)
-
-psql_in "$walk_db" -c "$footprint_sql" >"$workdir/upgraded.txt" ||
+# 5: the footprints.
+psql_in "$walk_db" -f "$top/test/upgrade/footprint.sql" >"$workdir/upgraded.txt" ||
 	fail "could not read the catalog footprint of the upgraded database"
-psql_in "$direct_db" -c "$footprint_sql" >"$workdir/direct.txt" ||
-	fail "could not read the catalog footprint of the directly installed database"
+psql_in "$direct_db" -f "$top/test/upgrade/footprint.sql" >"$workdir/direct.txt" ||
+	fail "could not read the catalog footprint of the freshly installed database"
 
-if ! diff -u --label "installed at $default_version" --label "upgraded from $oldest" \
+if ! diff -u --label "fresh install of $default_version (sql/tq.sql)" \
+	--label "upgraded from $oldest (the upgrade scripts)" \
 	"$workdir/direct.txt" "$workdir/upgraded.txt"; then
-	fail "the upgraded database differs from a fresh install of $default_version (diff above)"
+	fail "the upgraded database differs from a fresh install of $default_version (diff above: - is sql/tq.sql only, + the upgrade scripts only)"
 fi
 
-echo "upgrade: ok: $(( ${#path[@]} - 1 )) update step(s) from $oldest; the footprint ($(wc -l <"$workdir/direct.txt") lines) matches a fresh install of $default_version"
+echo "upgrade: ok: $(( ${#path[@]} - 1 )) update step(s) from $oldest; the footprint ($(wc -l <"$workdir/direct.txt") lines) matches a fresh install of $default_version from sql/tq.sql"
