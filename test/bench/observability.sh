@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Rows 10 and 11 of the tq benchmark: the cost of observability (issue 6,
-# "Performance": the stats views answer in under 10 ms on a queue with
+# Rows 10 and 11 of the tq benchmark: the cost of observability (the
+# targets: the stats views answer in under 10 ms on a queue with
 # 10 000 000 finished and 1 000 000 ready tasks, and maintaining the
 # counters and traces costs at most 10 % of the end-to-end rate).
 #

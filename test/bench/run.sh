@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The tq benchmark: one table from one run, each tq figure beside its floor
-# measured in the same run on the same server (DESIGN.md §8, issue 2
-# "Performance").  Run by `make bench` after `make install`; as root or as
-# an ordinary user.
+# measured in the same run on the same server (README.md, Performance).
+# Run by `make bench` after `make install`; as root or as an ordinary user.
 #
 # Rows:
 #   1. tq_submit, one task per transaction, at 1 and 8 clients, with the
@@ -89,7 +88,7 @@
 #      against a server of capacity 20 (429 above it, 50 ms per request),
 #      with aimd_decrease 0.5 (the default) and 0.75, printed as a table.
 #
-# A third table, observability (issue 6), from test/bench/observability.sh
+# A third table, observability, from test/bench/observability.sh
 # (sourced; it says how they are measured):
 #  10. the stats views and a dashboard's reads (tq_queue_stats,
 #      tq_queue_activity, tq_tenants, tq_queues, the newest dead tasks, dead

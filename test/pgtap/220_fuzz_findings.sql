@@ -1,6 +1,7 @@
--- What fuzzing the SQL API and the internal functions found (issue 13),
--- each refused with tq's own error and nothing written, and the server
--- never crashes:
+-- What fuzzing the SQL API and the internal functions found (CHANGELOG.md,
+-- 0.7.0), each refused with tq's own error and nothing written, and the
+-- server never crashes (the findings are numbered across this file and
+-- TAP 018):
 --   1. a row of tq.task without a queue (the trigger ran before NOT NULL
 --      and crashed the server), or moved to another queue with its state;
 --   2. option values the arithmetic cannot take (priority_aging 5e-324

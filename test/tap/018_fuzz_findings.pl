@@ -1,6 +1,7 @@
-# What fuzzing and the chaos matrix found (issue 13) that needs a real
-# restart or a real tqd; the SQL items are in pgTAP 220, tqd's
-# configuration in worker/test/test_config.c.
+# What fuzzing and the chaos matrix found (CHANGELOG.md, 0.7.0) that needs a
+# real restart or a real tqd; the SQL items are in pgTAP 220, tqd's
+# configuration in worker/test/test_config.c (the findings are numbered
+# across this file and pgTAP 220).
 #
 #   2. A queue setting the arithmetic cannot take (priority_aging 5e-324,
 #      written behind the checks) and a live task in that queue: after a
