@@ -19,7 +19,7 @@
  * Layout: the API (functions named tq_*, views tq_*) lives in the schema the
  * extension is installed into (@extschema@, public by default); tables,
  * types and internal helpers live in schema tq.  The file goes feature by
- * feature, each object with its COMMENT: argument checks, queues, live
+ * feature, each COMMENT beside its object: argument checks, queues, live
  * tasks, history, dedup, submit, lease, finish, retries, cancel and pause,
  * housekeeping, the background worker, fair dispatch and shared state,
  * limits, periodic tasks, inspection, task logs and traces, waiting,
@@ -3091,6 +3091,7 @@ REVOKE ALL ON SCHEMA tq FROM PUBLIC;
 -- The views call these as their reader.
 GRANT EXECUTE ON FUNCTION tq.shared_counts(), tq.activity(integer) TO tq_producer, tq_worker, tq_admin;
 
+-- The API: nothing for PUBLIC, then each role its part.
 REVOKE ALL ON FUNCTION
     @extschema@.tq_create_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer, boolean, double precision, double precision, integer, double precision),
     @extschema@.tq_alter_queue(text, integer, interval, interval, interval, interval, interval, bigint, interval, integer, double precision, double precision, integer, double precision),
