@@ -33,6 +33,21 @@ PG_FUNCTION_INFO_V1(tq_held_work);
 PG_FUNCTION_INFO_V1(tq_held_done);
 PG_FUNCTION_INFO_V1(tq_held_next);
 
+/*
+ * The next held tenant of this database in a scan of the entries, or NULL
+ * at the end.  Caller holds the lock, at least shared.
+ */
+static FairEntry *
+parked_next_held(HASH_SEQ_STATUS *seq)
+{
+	FairEntry *e;
+
+	while ((e = hash_seq_search(seq)) != NULL)
+		if (e->held && e->key.dboid == MyDatabaseId)
+			return e;
+	return NULL;
+}
+
 /* tq.take_parked() returns bigint: tasks parked by this transaction's claims since the last call. */
 Datum
 tq_take_parked(PG_FUNCTION_ARGS)
@@ -74,12 +89,10 @@ tq_held_work(PG_FUNCTION_ARGS)
 	if (fair_shared->nheld > 0)
 	{
 		hash_seq_init(&seq, fair_hash);
-		while ((e = hash_seq_search(&seq)) != NULL)
+		while ((e = parked_next_held(&seq)) != NULL)
 		{
 			double room;
 
-			if (!e->held || e->key.dboid != MyDatabaseId)
-				continue;
 			/* Tasks already moved back and not yet claimed use up room. */
 			room = fair_room_now(e, now) - (double) Min(e->unparked, e->count[ST_READY]);
 			if (room < 1)
@@ -155,12 +168,10 @@ tq_held_next(PG_FUNCTION_ARGS)
 	if (fair_shared->nheld > 0)
 	{
 		hash_seq_init(&seq, fair_hash);
-		while ((e = hash_seq_search(&seq)) != NULL)
+		while ((e = parked_next_held(&seq)) != NULL)
 		{
 			double wait;
 
-			if (!e->held || e->key.dboid != MyDatabaseId)
-				continue;
 			if (e->concurrency >= 0 && e->count[ST_RUNNING] >= e->concurrency)
 				continue;
 			if (e->rate <= 0)

@@ -75,6 +75,38 @@ typedef struct TaskCols
 
 static TaskCols trig_cols;
 
+/* The columns the trigger reads, by name: those it needs, then the trace's. */
+typedef struct ColName
+{
+	const char *name;
+	size_t offset; /* of the attribute number in TaskCols */
+} ColName;
+#define COL(f)                                                                                     \
+	{                                                                                              \
+#f, offsetof(TaskCols, att_##f)                                                            \
+	}
+static const ColName trig_needed[] = {COL(state), COL(queue), COL(tenant), COL(priority),
+									  COL(vkey)};
+static const ColName trig_traced[] = {COL(trace),      COL(attempt),      COL(worker),
+									  COL(run_at),     COL(submitted_at), COL(started_at),
+									  COL(last_error), COL(throttles)};
+
+/* Finds the columns; whether every one was found. */
+static bool
+trig_find_columns(TupleDesc td, const ColName *cols, int n)
+{
+	bool all = true;
+
+	for (int i = 0; i < n; i++)
+	{
+		int *att = (int *) ((char *) &trig_cols + cols[i].offset);
+
+		*att = SPI_fnumber(td, cols[i].name);
+		all = all && *att > 0;
+	}
+	return all;
+}
+
 static char *trig_row_text(HeapTuple tup, TupleDesc td, int att);
 static void trig_check_row(Relation rel, HeapTuple oldt, HeapTuple newt, TupleDesc desc,
 						   const char *queue, const char *tenant);
@@ -87,26 +119,10 @@ trig_init_cols(Relation rel)
 
 	if (trig_cols.relid == RelationGetRelid(rel) && trig_cols.natts == td->natts)
 		return;
-	trig_cols.att_state = SPI_fnumber(td, "state");
-	trig_cols.att_queue = SPI_fnumber(td, "queue");
-	trig_cols.att_tenant = SPI_fnumber(td, "tenant");
-	trig_cols.att_priority = SPI_fnumber(td, "priority");
-	trig_cols.att_vkey = SPI_fnumber(td, "vkey");
-	if (trig_cols.att_state <= 0 || trig_cols.att_queue <= 0 || trig_cols.att_tenant <= 0 ||
-		trig_cols.att_priority <= 0 || trig_cols.att_vkey <= 0)
+	if (!trig_find_columns(td, trig_needed, lengthof(trig_needed)))
 		elog(ERROR, "tq.task_row: table \"%s\" lacks a column of tq.task",
 			 RelationGetRelationName(rel));
-	trig_cols.att_trace = SPI_fnumber(td, "trace");
-	trig_cols.att_attempt = SPI_fnumber(td, "attempt");
-	trig_cols.att_worker = SPI_fnumber(td, "worker");
-	trig_cols.att_run_at = SPI_fnumber(td, "run_at");
-	trig_cols.att_submitted_at = SPI_fnumber(td, "submitted_at");
-	trig_cols.att_started_at = SPI_fnumber(td, "started_at");
-	trig_cols.att_last_error = SPI_fnumber(td, "last_error");
-	trig_cols.att_throttles = SPI_fnumber(td, "throttles");
-	if (trig_cols.att_attempt <= 0 || trig_cols.att_worker <= 0 || trig_cols.att_run_at <= 0 ||
-		trig_cols.att_submitted_at <= 0 || trig_cols.att_started_at <= 0 ||
-		trig_cols.att_last_error <= 0 || trig_cols.att_throttles <= 0)
+	if (!trig_find_columns(td, trig_traced, lengthof(trig_traced)))
 		trig_cols.att_trace = 0; /* not the shape the trace needs: no trace */
 	enumtype = TupleDescAttr(td, trig_cols.att_state - 1)->atttypid;
 	for (int s = 0; s < NSTATES; s++)
