@@ -87,10 +87,7 @@ tq_rate_shmem_init(void)
 static double
 refilled(const RateBucket *b, TimestampTz now)
 {
-	double elapsed = now > b->at ? (double) (now - b->at) / USECS_PER_SEC : 0.0;
-	double tokens = b->tokens + elapsed * b->rate;
-
-	return tokens > b->burst ? b->burst : tokens;
+	return tq_bucket_level(b->tokens, b->at, b->rate, b->burst, now);
 }
 
 /*

@@ -5,7 +5,7 @@
  *
  * What lives here.  One TqShared struct, allocated at postmaster start
  * (shmem_request_hook + shmem_startup_hook, chained to the previous
- * hooks).  It carries what backends tell the background worker (worker.c)
+ * hooks).  It carries what backends tell the background worker (bgworker.c)
  * without a table row or a lock on a queue:
  *
  *   - which queues got ready work in transactions that have committed

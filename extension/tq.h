@@ -7,11 +7,12 @@
  * code holds what SQL cannot express well or cheaply:
  *
  *	 tq.c		module initialisation and settings
- *	 api.c		hot-path validators and the retry backoff, called from SQL
+ *	 checks.c	hot-path validators (tq.check_*) and the retry backoff
  *	 shmem.c	shared-memory state and the commit hook that feeds it
- *	 worker.c	the background worker
+ *	 bgworker.c	the background worker
  *	 ratelimit.c	token buckets for tq_rate_consume
- *	 fair.c		fair dispatch, limits, quotas and counters (tq.task trigger)
+ *	 fair_*.c	fair dispatch, limits, quotas and counters (the tq.task
+ *				trigger): seven files, listed in fair.h
  *	 wait.c		tq_wait: sleeping until a task finishes
  *	 trace.c	per-attempt traces (tq.task.trace)
  *	 traceparent.c	W3C traceparent of a task: the check, tq.traceparent
@@ -90,5 +91,19 @@ extern const char *tq_traceparent_problem(const char *s, int len);
 extern bool tq_traceparent_check_hook(char **newval, void **extra, GucSource source);
 extern Size tq_wait_shmem_size(void);
 extern void tq_wait_shmem_init(void);
+
+/*
+ * A token bucket's content at now: tokens at 'at', refilled at rate per
+ * second, capped at burst.  The one refill rule of tq_rate_consume's
+ * buckets (ratelimit.c) and of the queues' and tenants' buckets
+ * (fair_entry.c).
+ */
+static inline double
+tq_bucket_level(double tokens, TimestampTz at, double rate, double burst, TimestampTz now)
+{
+	if (now > at)
+		tokens += (double) (now - at) / USECS_PER_SEC * rate;
+	return Min(tokens, burst);
+}
 
 #endif /* TQ_H */

@@ -13,7 +13,7 @@
  *	  tried again) or released (handed back).
  *
  *	  Only attempts that ended without finishing the task are stored: the
- *	  tq.task trigger (fair.c) appends one on every running -> ready or
+ *	  tq.task trigger (fair_trigger.c) appends one on every running -> ready or
  *	  scheduled change, in the row update the retry makes anyway.  The
  *	  last attempt of a task is its row's own columns (attempt, run_at,
  *	  started_at, worker, and for a finished task finished_at, state,

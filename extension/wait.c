@@ -182,7 +182,7 @@ wait_xact_callback(XactEvent event, void *arg)
 /*
  * tq.note_finished(ids bigint[], queues text[], states text[]): called by
  * tq.finish with the tasks it moved to history, so that the commit wakes
- * their waiters and counts them in the queues' activity (fair.c).
+ * their waiters and counts them in the queues' activity (fair_xact.c).
  */
 Datum
 tq_note_finished(PG_FUNCTION_ARGS)

@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * worker.c
+ * bgworker.c
  *	  tq's background worker: housekeeping on time, and wake-ups off the
  *	  producers' commits.
  *

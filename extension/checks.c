@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * api.c
+ * checks.c
  *	  Small C helpers called from tq's SQL functions on hot paths.
  *
  * Each helper validates or computes one thing and raises a complete
