@@ -12,7 +12,7 @@
  *   failed attempt's backoff still applies, but then it is dispatched with
  *   the key it already had, not behind the work submitted since.
  *
- * The 0.7.0 library (extension/fair.c) also rebuilds its shared state
+ * The 0.7.0 library (extension/fair_rebuild.c) also rebuilds its shared state
  * arithmetic in C, clamping and reporting a queue's odd setting instead of
  * failing every queue; it serves a database still at 0.6.0 too.
  */
@@ -43,7 +43,7 @@ BEGIN
     PERFORM tq.check_interval('timeout', q.timeout, '1 second', '7 days');
     PERFORM tq.check_limits(q.rate_per_sec, q.burst, q.concurrency);
     -- At least 0.001: the shift priority_aging / 2 * p / (|p| + 1) must
-    -- neither underflow nor vanish (extension/fair.c clamps to the same).
+    -- neither underflow nor vanish (extension/fair_entry.c clamps to the same).
     IF q.priority_aging IS NULL OR NOT (q.priority_aging >= 0.001 AND q.priority_aging <= 1e12) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'priority_aging is out of range',

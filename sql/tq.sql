@@ -40,7 +40,7 @@
  * Dispatch: one partial B-tree per state that a reader scans
  * (task_dispatch_idx over ready tasks in fair dispatch order), claimed with
  * FOR UPDATE SKIP LOCKED, so tq_lease reads only the rows it returns.  One
- * C trigger on tq.task (tq.task_row, extension/fair.c) keeps counts, fair
+ * C trigger on tq.task (tq.task_row, extension/fair_trigger.c) keeps counts, fair
  * keys, limits and quotas in shared memory.
  *
  * Privileges: every API function that touches tables runs as the
@@ -84,7 +84,7 @@ COMMENT ON TYPE tq.task_state IS 'Life cycle of a task: scheduled -> ready -> ru
 -- Argument checks
 ------------------------------------------------------------------------------
 
--- In C (extension/api.c): on the hot path of every submit, lease and finish.
+-- In C (extension/checks.c): on the hot path of every submit, lease and finish.
 CREATE FUNCTION tq.check_payload(payload jsonb) RETURNS jsonb
     LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_check_payload';
 COMMENT ON FUNCTION tq.check_payload(jsonb) IS 'Returns the payload if it is a JSON object within tq.max_payload_size; raises otherwise.';
@@ -331,7 +331,7 @@ BEGIN
     PERFORM tq.check_interval('timeout', q.timeout, '1 second', '7 days');
     PERFORM tq.check_limits(q.rate_per_sec, q.burst, q.concurrency);
     -- At least 0.001: the shift priority_aging / 2 * p / (|p| + 1) must
-    -- neither underflow nor vanish (extension/fair.c clamps to the same).
+    -- neither underflow nor vanish (extension/fair_entry.c clamps to the same).
     IF q.priority_aging IS NULL OR NOT (q.priority_aging >= 0.001 AND q.priority_aging <= 1e12) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'priority_aging is out of range',
@@ -1181,7 +1181,7 @@ COMMENT ON FUNCTION tq.check_backlog(tq.queue, text, bigint) IS 'Kept for compat
 ------------------------------------------------------------------------------
 
 /*
- * In C (extension/fair.c).  Below the floor lie the index entries of tasks
+ * In C (extension/fair_floor.c).  Below the floor lie the index entries of tasks
  * claimed moments ago, dead but not yet removable (with synchronous_commit
  * = off, for up to a WAL flush): a scan from the head of task_dispatch_idx
  * would walk over all of them, a heap page each.
@@ -1650,7 +1650,7 @@ COMMENT ON FUNCTION @extschema@.tq_heartbeat(text, bigint[], integer[]) IS
 -- Retries and failures
 ------------------------------------------------------------------------------
 
--- In C (extension/api.c).
+-- In C (extension/checks.c).
 CREATE FUNCTION tq.backoff(n integer, base interval, cap interval) RETURNS interval
     LANGUAGE c VOLATILE STRICT PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_backoff';
 COMMENT ON FUNCTION tq.backoff(integer, interval, interval) IS 'Retry delay for retry number n: uniform in [0, min(cap, base * 2^(n-1))] (full jitter), at least base/10.';
@@ -2252,7 +2252,7 @@ $$;
 COMMENT ON FUNCTION tq.maybe_maintain() IS 'Runs tq_maintain if tq.maintenance_interval has passed since the last pass and no other session is running one.';
 
 ------------------------------------------------------------------------------
--- The background worker (extension/worker.c)
+-- The background worker (extension/bgworker.c)
 ------------------------------------------------------------------------------
 
 /*
@@ -2318,7 +2318,7 @@ COMMENT ON FUNCTION @extschema@.tq_worker_status() IS
 'The background worker: whether it runs, its pid and database, when it started, its last and next housekeeping pass, passes and tq_ready notifications so far, and queues waiting to be notified (-1: all).';
 
 ------------------------------------------------------------------------------
--- Fair dispatch and shared state (extension/fair.c)
+-- Fair dispatch and shared state (extension/fair_*.c)
 ------------------------------------------------------------------------------
 
 /*
@@ -2875,7 +2875,7 @@ COMMENT ON FUNCTION @extschema@.tq_wait(bigint, interval) IS
 'Waits until the task finishes (succeeded, dead, cancelled or expired) and returns its final state and result, or returns its current state once timeout has passed. Sleeps without polling: the finishing commit wakes it. Needs READ COMMITTED and a task committed before the call.';
 
 ------------------------------------------------------------------------------
--- Activity per queue (shared-memory counters, extension/fair.c)
+-- Activity per queue (shared-memory counters, extension/fair_xact.c and fair_stats.c)
 ------------------------------------------------------------------------------
 
 CREATE FUNCTION tq.activity(minutes integer)
