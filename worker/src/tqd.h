@@ -11,7 +11,14 @@
 
 #include "config.h"
 
-#define TQD_VERSION "0.6.0"
+/*
+ * tqd's version is tq's: worker/Makefile reads default_version from
+ * extension/tq.control, the one version source, and passes it as
+ * -DTQD_VERSION.
+ */
+#ifndef TQD_VERSION
+#error "TQD_VERSION is not defined: build tqd with worker/Makefile"
+#endif
 
 typedef struct Daemon Daemon;
 
