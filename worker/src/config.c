@@ -41,8 +41,7 @@
 
 #include "config.h"
 #include "httpd.h"
-
-#define lengthof(a) (sizeof(a) / sizeof((a)[0]))
+#include "util.h"
 
 /*
  * Queue sections in one file.  Each queue is looked up by name (duplicate

@@ -39,6 +39,7 @@
  * of a program that has exited fails with EPIPE instead of killing tqd.
  */
 #include "exec.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -62,8 +63,6 @@ extern char **environ;
  * (valgrind) would call this run lost in it without a pointer it can see.
  */
 static ExecRun *volatile forking_run;
-
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 #define LOG_LINE_MAX 4096 /* a longer stderr line is cut here (exec.h) */
 #define READ_CHUNK 65536  /* one pipe's default capacity on Linux */

@@ -66,9 +66,7 @@
 #include "log.h"
 #include "pgconn.h"
 #include "tqd.h"
-
-#define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
-#define lengthof(a) (sizeof(a) / sizeof((a)[0]))
+#include "util.h"
 
 typedef enum TaskState
 {
@@ -835,7 +833,7 @@ sql_result(PgConn *c, const PGresult *res, void *arg)
 static void
 sql_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Task *t = CONTAINER(w, Task, sql_timer);
+	Task *t = container_of(w, Task, sql_timer);
 
 	if (t->sql == NULL)
 		return;
@@ -1124,7 +1122,7 @@ start_http(Task *t)
 static void
 status_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, status_timer);
+	Daemon *d = container_of(w, Daemon, status_timer);
 	double now = ev_now(loop);
 
 	for (Endpoint *e = d->endpoints; e; e = e->next)
@@ -1267,7 +1265,7 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 static void
 lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, lease_idle);
+	Daemon *d = container_of(w, Daemon, lease_idle);
 	int free_slots;
 
 	ev_idle_stop(loop, w);
@@ -1360,7 +1358,7 @@ backlog_result(PgConn *c, const PGresult *res, void *arg)
 static void
 poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, poll_timer);
+	Daemon *d = container_of(w, Daemon, poll_timer);
 
 	for (Queue *q = d->queues; q; q = q->next)
 		q->wanted = true;
@@ -1655,7 +1653,7 @@ out:
 static void
 flush_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, flush_timer);
+	Daemon *d = container_of(w, Daemon, flush_timer);
 
 	if (!pgc_ready(d->report))
 		return; /* CONNECTED flushes */
@@ -1756,7 +1754,7 @@ heartbeat_result(PgConn *c, const PGresult *res, void *arg)
 static void
 hb_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, hb_timer);
+	Daemon *d = container_of(w, Daemon, hb_timer);
 	int n = 0;
 	size_t len, io = 0, ao = 0;
 	char *ids, *atts;
@@ -1968,7 +1966,7 @@ begin_stopping(Daemon *d, bool fast)
 static void
 stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, stop_timer);
+	Daemon *d = container_of(w, Daemon, stop_timer);
 
 	if (d->run_state == RUN_DRAINING)
 	{
@@ -1990,7 +1988,7 @@ stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 static void
 sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, sigterm);
+	Daemon *d = container_of(w, Daemon, sigterm);
 
 	if (d->run_state == RUN_ACTIVE)
 	{
@@ -2013,7 +2011,7 @@ sigterm_cb(struct ev_loop *loop, ev_signal *w, int revents)
 static void
 sigint_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, sigint);
+	Daemon *d = container_of(w, Daemon, sigint);
 
 	tlog(LOG_INFO, "SIGINT: stopping now", "running=%d", d->running);
 	begin_stopping(d, true);
@@ -2022,7 +2020,7 @@ sigint_cb(struct ev_loop *loop, ev_signal *w, int revents)
 static void
 sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
-	Daemon *d = CONTAINER(w, Daemon, sighup);
+	Daemon *d = container_of(w, Daemon, sighup);
 	char err[1024];
 	Config *c = config_load(d->config_path, err, sizeof(err));
 	Config *old;

@@ -1,0 +1,21 @@
+/*
+ * util.h
+ *	  Small macros every module of tqd uses, in one place.
+ *
+ * container_of recovers the struct that embeds a libev watcher (or any
+ * member) from a pointer to that member: tqd's watchers live inside their
+ * owner (ExecRun, PgConn, Httpd, HttpClient, Task, Daemon), never on their
+ * own, so a callback finds its object without a lookup or a data pointer.
+ */
+#ifndef TQD_UTIL_H
+#define TQD_UTIL_H
+
+#include <stddef.h>
+
+/* The object of type whose member is at ptr. */
+#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
+
+/* Elements of an array (not of a pointer). */
+#define lengthof(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif
