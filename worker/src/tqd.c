@@ -68,12 +68,28 @@
 #include "tqd.h"
 #include "util.h"
 
+/*
+ * A task's state in tqd.  Every change goes through task_set_state, which
+ * refuses one that task_transitions does not list and keeps the counters
+ * of tasks per state (Daemon.running, Queue.running, Daemon.waiting).
+ */
 typedef enum TaskState
 {
-	TASK_RUNNING, /* the handler works */
-	TASK_DONE,    /* outcome known, waiting for the next flush */
-	TASK_SENT,    /* outcome in a batch on its way */
+	TASK_NEW,     /* just leased: made but counted nowhere yet (calloc's zero) */
+	TASK_RUNNING, /* the handler works; counted in Daemon.running and Queue.running */
+	TASK_DONE,    /* outcome known, waiting for the next flush; counted in Daemon.waiting */
+	TASK_SENT,    /* outcome in a batch on its way; counted in Daemon.waiting */
+	TASK_FREED,   /* left tqd: counted nowhere, freed at once */
+	N_TASK_STATES
 } TaskState;
+
+/* How tq_fail retries a failed attempt; tq's words only in the outcome batch. */
+typedef enum RetryMode
+{
+	RETRY_AUTO,      /* 'auto': tq's backoff, the attempt counts (calloc's zero) */
+	RETRY_NEVER,     /* 'never': dead at once */
+	RETRY_THROTTLED, /* 'throttled': backoff without using an attempt */
+} RetryMode;
 
 typedef enum Report
 {
@@ -171,10 +187,10 @@ typedef struct Task
 	double retry_after; /* REPORT_FAIL: s, from Retry-After; < 0 = tq's backoff */
 	ev_timer sql_timer; /* sql: the timeout */
 	/* outcome */
-	json_t *result;    /* REPORT_COMPLETE */
-	char *error;       /* REPORT_FAIL */
-	const char *retry; /* REPORT_FAIL: auto, never, throttled */
-	json_t *log;       /* stderr lines (array of strings) or NULL */
+	json_t *result;  /* REPORT_COMPLETE */
+	char *error;     /* REPORT_FAIL */
+	RetryMode retry; /* REPORT_FAIL */
+	json_t *log;     /* stderr lines (array of strings) or NULL */
 } Task;
 
 struct Queue
@@ -241,6 +257,7 @@ struct Daemon
 
 static void lease_soon(Daemon *d);
 static void flush_soon(Daemon *d);
+static bool task_set_state(Task *t, TaskState to);
 static void task_done(Task *t, Report report);
 static void stop_task(Task *t, Report report);
 static void maybe_finish_stop(Daemon *d);
@@ -426,6 +443,120 @@ sync_queues(Daemon *d)
  * Tasks
  * ------------------------------------------------------------------------
  */
+static const char *const task_state_name[N_TASK_STATES] = {"new", "running", "done", "sent",
+														   "freed"};
+
+/*
+ * The legal changes of state, [from][to].  Any state but NEW may end in
+ * FREED: a batch committed (SENT), a lost lease drops an outcome (DONE),
+ * or the daemon is freed with tasks still running (RUNNING).  A task in
+ * SENT goes back to DONE when its batch did not land.
+ */
+static const bool task_transitions[N_TASK_STATES][N_TASK_STATES] = {
+	[TASK_NEW] = {[TASK_RUNNING] = true},
+	[TASK_RUNNING] = {[TASK_DONE] = true, [TASK_FREED] = true},
+	[TASK_DONE] = {[TASK_SENT] = true, [TASK_FREED] = true},
+	[TASK_SENT] = {[TASK_DONE] = true, [TASK_FREED] = true},
+};
+
+/* Adds by (1 or -1) to the counters of the task's state. */
+static void
+task_count(Task *t, int by)
+{
+	switch (t->state)
+	{
+		case TASK_RUNNING:
+			t->d->running += by;
+			t->queue->running += by;
+			break;
+		case TASK_DONE:
+		case TASK_SENT:
+			t->d->waiting += by;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * Every change of a task's state, and the only place that keeps the
+ * counters of tasks per state.  An illegal change is a bug in tqd: it is
+ * logged and refused (false), and the task keeps its state.
+ */
+static bool
+task_set_state(Task *t, TaskState to)
+{
+	if (!task_transitions[t->state][to])
+	{
+		tlog(LOG_ERROR, "illegal task state change refused",
+			 "task=%lld queue=%s attempt=%d from=%s to=%s", t->id, kvq(t->queue->name), t->attempt,
+			 task_state_name[t->state], task_state_name[to]);
+		return false;
+	}
+	task_count(t, -1);
+	t->state = to;
+	task_count(t, 1);
+	return true;
+}
+
+/* The retry mode as tq_fail takes it. */
+static const char *
+retry_mode_sql(RetryMode m)
+{
+	switch (m)
+	{
+		case RETRY_NEVER:
+			return "never";
+		case RETRY_THROTTLED:
+			return "throttled";
+		case RETRY_AUTO:
+			break;
+	}
+	return "auto";
+}
+
+/* The retry mode of a failed handler's outcome (exec, http). */
+static RetryMode
+retry_mode_of(Outcome o)
+{
+	switch (o)
+	{
+		case OUTCOME_NEVER:
+			return RETRY_NEVER;
+		case OUTCOME_THROTTLED:
+			return RETRY_THROTTLED;
+		default:
+			return RETRY_AUTO;
+	}
+}
+
+/* What became of an attempt, for /metrics, from its report and retry mode. */
+static Outcomes
+outcome_of(Report report, RetryMode retry)
+{
+	switch (report)
+	{
+		case REPORT_COMPLETE:
+			return OUT_SUCCEEDED;
+		case REPORT_RELEASE:
+			return OUT_RELEASED;
+		case REPORT_DROP:
+			return OUT_DROPPED;
+		case REPORT_FAIL:
+			break;
+	}
+	switch (retry)
+	{
+		case RETRY_NEVER:
+			return OUT_FATAL;
+		case RETRY_THROTTLED:
+			return OUT_THROTTLED;
+		case RETRY_AUTO:
+			break;
+	}
+	return OUT_FAILED;
+}
+
 static void
 free_task(Task *t)
 {
@@ -437,13 +568,7 @@ free_task(Task *t)
 		d->tasks = t->next;
 	if (t->next)
 		t->next->prev = t->prev;
-	if (t->state == TASK_RUNNING)
-	{
-		d->running--;
-		t->queue->running--;
-	}
-	else
-		d->waiting--;
+	(void) task_set_state(t, TASK_FREED);
 	if (t->run)
 		exec_free(t->run);
 	if (t->http)
@@ -479,16 +604,8 @@ task_done(Task *t, Report report)
 	if (t->stopping)
 		report = t->stop_report;
 	t->report = report;
-	t->state = TASK_DONE;
-	t->queue->outcomes[report == REPORT_COMPLETE                        ? OUT_SUCCEEDED
-					   : report == REPORT_RELEASE                       ? OUT_RELEASED
-					   : report == REPORT_DROP                          ? OUT_DROPPED
-					   : t->retry && strcmp(t->retry, "never") == 0     ? OUT_FATAL
-					   : t->retry && strcmp(t->retry, "throttled") == 0 ? OUT_THROTTLED
-																		: OUT_FAILED]++;
-	d->running--;
-	t->queue->running--;
-	d->waiting++;
+	(void) task_set_state(t, TASK_DONE);
+	t->queue->outcomes[outcome_of(report, t->retry)]++;
 	if (report == REPORT_DROP)
 	{
 		tlog(LOG_WARNING, "task dropped: its lease was lost", "task=%lld queue=%s attempt=%d",
@@ -502,11 +619,11 @@ task_done(Task *t, Report report)
 	maybe_finish_stop(d);
 }
 
-static void set_fail(Task *t, const char *retry, const char *fmt, ...)
+static void set_fail(Task *t, RetryMode retry, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 static void
-set_fail(Task *t, const char *retry, const char *fmt, ...)
+set_fail(Task *t, RetryMode retry, const char *fmt, ...)
 {
 	char buf[2048];
 	va_list ap;
@@ -551,9 +668,7 @@ exec_done(ExecRun *run, const ExecResult *r, void *arg)
 	}
 	{
 		const char *last = r->nlog_lines > 0 ? r->log_lines[r->nlog_lines - 1] : NULL;
-		const char *retry = o == OUTCOME_NEVER       ? "never"
-							: o == OUTCOME_THROTTLED ? "throttled"
-													 : "auto";
+		RetryMode retry = retry_mode_of(o);
 
 		if (last && *last)
 			set_fail(t, retry, "%s: %s", how, last);
@@ -710,7 +825,7 @@ start_task(Task *t)
 				 */
 				tlog(LOG_ERROR, "could not start the task's program", "task=%lld queue=%s error=%s",
 					 t->id, kvq(t->queue->name), kvq(err));
-				set_fail(t, "auto", "could not start the program: %s", err);
+				set_fail(t, RETRY_AUTO, "could not start the program: %s", err);
 				task_done(t, REPORT_FAIL);
 			}
 			return;
@@ -793,7 +908,7 @@ sql_result(PgConn *c, const PGresult *res, void *arg)
 	t->sql = NULL;
 	if (res == NULL)
 	{
-		set_fail(t, "auto", "the database connection was lost while the function ran");
+		set_fail(t, RETRY_AUTO, "the database connection was lost while the function ran");
 		task_done(t, REPORT_FAIL);
 		return;
 	}
@@ -801,10 +916,10 @@ sql_result(PgConn *c, const PGresult *res, void *arg)
 	{
 		const char *st = pgc_sqlstate(res);
 		/* Bad data, constraint violations, undefined objects: no retry helps. */
-		const char *retry =
+		RetryMode retry =
 			(strncmp(st, "22", 2) == 0 || strncmp(st, "23", 2) == 0 || strncmp(st, "42", 2) == 0)
-				? "never"
-				: "auto";
+				? RETRY_NEVER
+				: RETRY_AUTO;
 
 		set_fail(t, retry, "%s (SQLSTATE %s)", pgc_error(res), st);
 		tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s sqlstate=%s", t->id,
@@ -837,7 +952,7 @@ sql_timeout(struct ev_loop *loop, ev_timer *w, int revents)
 
 	if (t->sql == NULL)
 		return;
-	set_fail(t, "auto", "timed out after %g s", t->timeout);
+	set_fail(t, RETRY_AUTO, "timed out after %g s", t->timeout);
 	tlog(LOG_INFO, "task failed", "task=%lld queue=%s attempt=%d error=%s", t->id,
 		 kvq(t->queue->name), t->attempt, kvq(t->error));
 	/* Closing the connection ends the backend's query with it. */
@@ -925,7 +1040,7 @@ sql_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 				s->task = NULL;
 				t->sql = NULL;
 				ev_timer_stop(t->d->loop, &t->sql_timer);
-				set_fail(t, "auto", "could not reach the database: %s", a);
+				set_fail(t, RETRY_AUTO, "could not reach the database: %s", a);
 				task_done(t, REPORT_FAIL);
 			}
 		}
@@ -1027,9 +1142,7 @@ http_done(HttpRequest *req, const HttpResult *r, void *arg)
 		return;
 	}
 	{
-		const char *retry = o == OUTCOME_NEVER       ? "never"
-							: o == OUTCOME_THROTTLED ? "throttled"
-													 : "auto";
+		RetryMode retry = retry_mode_of(o);
 		char line[1400];
 
 		set_fail(t, retry, "%s", how);
@@ -1111,7 +1224,7 @@ start_http(Task *t)
 		tlog(LOG_ERROR, "could not start the request", "task=%lld queue=%s url=%s error=%s", t->id,
 			 kvq(t->queue->name), kvq(qc->url), kvq(err));
 		/* A failed attempt with backoff, not a release: see start_task. */
-		set_fail(t, "auto", "could not start the request: %s", err);
+		set_fail(t, RETRY_AUTO, "could not start the request: %s", err);
 		task_done(t, REPORT_FAIL);
 		return;
 	}
@@ -1231,14 +1344,12 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 		if (queue_timeout > 0 && (t->timeout <= 0 || queue_timeout < t->timeout))
 			t->timeout = queue_timeout;
 		t->lease_len = atof(PQgetvalue(res, i, c_lease));
-		t->state = TASK_RUNNING;
 		t->retry_after = -1;
 		t->next = d->tasks;
 		if (d->tasks)
 			d->tasks->prev = t;
 		d->tasks = t;
-		d->running++;
-		q->running++;
+		(void) task_set_state(t, TASK_RUNNING);
 		ev_init(&t->sql_timer, sql_timeout);
 		if (q->conf == NULL || d->run_state != RUN_ACTIVE)
 			task_done(t, REPORT_RELEASE); /* left the config, or stopping */
@@ -1389,6 +1500,51 @@ typedef struct Batch
 } Batch;
 
 /*
+ * One statement per kind of report.  Arrays travel as JSON documents built
+ * with jansson and unpacked in order by jsonb_array_elements ... WITH
+ * ORDINALITY: no hand-quoted array literals but the ids and attempts.
+ * The log lines go in the same statement (one transaction) as the
+ * outcome, first, while the tasks still run in tq: a batch sent again
+ * after a lost connection cannot log twice.  tq_fail's delays are seconds
+ * or null per task (null: tq's own backoff).
+ */
+static const struct
+{
+	const char *call; /* the function, for logs */
+	int nparams;      /* $1 .. $nparams, as in BatchParams */
+	const char *sql;
+} batch_calls[] = {
+	[REPORT_COMPLETE] = {"tq_complete", 4,
+						 "WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
+						 " ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
+						 " WITH ORDINALITY a(e, o) ORDER BY o)))"
+						 " SELECT tq_complete($1::bigint[], $2::integer[],"
+						 " ARRAY(SELECT e FROM jsonb_array_elements($4::jsonb)"
+						 " WITH ORDINALITY a(e, o) ORDER BY o))"
+						 " FROM l"},
+	[REPORT_FAIL] = {"tq_fail", 6,
+					 "WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
+					 " ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
+					 " WITH ORDINALITY a(e, o) ORDER BY o)))"
+					 " SELECT tq_fail($1::bigint[], $2::integer[],"
+					 " ARRAY(SELECT e FROM jsonb_array_elements_text($4::jsonb)"
+					 " WITH ORDINALITY a(e, o) ORDER BY o),"
+					 " ARRAY(SELECT e FROM jsonb_array_elements_text($5::jsonb)"
+					 " WITH ORDINALITY a(e, o) ORDER BY o),"
+					 " ARRAY(SELECT CASE WHEN jsonb_typeof(e) = 'number'"
+					 " THEN make_interval(secs => e::text::float8) END"
+					 " FROM jsonb_array_elements($6::jsonb)"
+					 " WITH ORDINALITY a(e, o) ORDER BY o))"
+					 " FROM l"},
+	[REPORT_RELEASE] = {"tq_release", 3,
+						"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
+						" ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
+						" WITH ORDINALITY a(e, o) ORDER BY o)))"
+						" SELECT tq_release($1::bigint[], $2::integer[]) FROM l"},
+	[REPORT_DROP] = {"", 0, NULL}, /* nothing is reported */
+};
+
+/*
  * A result over tq.max_payload_size fails the whole batch (54000): the
  * largest result of the batch is replaced by a note saying so, with its
  * head, and the batch goes again (as often as it takes).
@@ -1446,7 +1602,6 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	Daemon *d = b->d;
 	const char *ok = NULL;
 	size_t ok_len = 0;
-	static const char *const names[] = {"tq_complete", "tq_fail", "tq_release", ""};
 
 	if (res != NULL)
 		observe(&d->report_rtt, ev_time() - b->sent);
@@ -1459,8 +1614,8 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	else if (res != NULL)
 	{
 		tlog(LOG_WARNING, "reporting outcomes failed; they are sent again",
-			 "call=%s tasks=%d error=%s sqlstate=%s", names[b->kind], b->n, kvq(pgc_error(res)),
-			 pgc_sqlstate(res));
+			 "call=%s tasks=%d error=%s sqlstate=%s", batch_calls[b->kind].call, b->n,
+			 kvq(pgc_error(res)), pgc_sqlstate(res));
 		if (b->kind == REPORT_COMPLETE && strcmp(pgc_sqlstate(res), "54000") == 0)
 			shrink_largest_result(d, b);
 	}
@@ -1470,7 +1625,9 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 
 		if (ok == NULL)
 		{
-			t->state = TASK_DONE; /* again at the next flush */
+			/* Again at the next flush (unless send_batch already put it back). */
+			if (t->state == TASK_SENT)
+				(void) task_set_state(t, TASK_DONE);
 			continue;
 		}
 		/* ok is "{t,f,t}": element i sits at 1 + 2 * i. */
@@ -1478,7 +1635,7 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 			tlog(LOG_WARNING,
 				 "outcome refused: the task's lease was lost (the task runs elsewhere or finished)",
 				 "task=%lld queue=%s attempt=%d call=%s", t->id, kvq(t->queue->name), t->attempt,
-				 names[b->kind]);
+				 batch_calls[b->kind].call);
 		free_task(t);
 	}
 	free(b->tasks);
@@ -1499,18 +1656,81 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 	maybe_finish_stop(d);
 }
 
-/* A JSON array parameter as an SQL array, elements in order. */
-#define ARRAY_OF(p)                                                                                \
-	"ARRAY(SELECT e FROM jsonb_array_elements(" p "::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
-#define TEXT_ARRAY_OF(p)                                                                           \
-	"ARRAY(SELECT e FROM jsonb_array_elements_text(" p                                             \
-	"::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
+/*
+ * The parameters of one batch's statement, named and in the order of its
+ * $n; every array has one element per task, in the batch's order.  The
+ * members a kind does not take stay NULL.
+ */
+typedef struct BatchParams
+{
+	char *ids;       /* $1, bigint[] literal: the tasks */
+	char *attempts;  /* $2, integer[] literal: their attempts */
+	json_t *logs;    /* $3: each task's log lines (an array of strings), or null */
+	json_t *results; /* $4 of tq_complete: each task's result */
+	json_t *errors;  /* $4 of tq_fail: each task's error */
+	json_t *retries; /* $5 of tq_fail: each task's retry mode (auto, never, throttled) */
+	json_t *delays;  /* $6 of tq_fail: seconds from Retry-After, or null */
+	size_t len;      /* allocated bytes of ids and of attempts */
+	size_t ids_used, attempts_used;
+} BatchParams;
 
-/* Seconds or null per task, as an interval[] (null: tq's own backoff). */
-#define DELAY_ARRAY_OF(p)                                                                          \
-	"ARRAY(SELECT CASE WHEN jsonb_typeof(e) = 'number' THEN make_interval(secs => "                \
-	"e::text::float8)"                                                                             \
-	" END FROM jsonb_array_elements(" p "::jsonb) WITH ORDINALITY a(e, o) ORDER BY o)"
+/* Empty arrays for n tasks of kind. */
+static void
+batch_params_init(BatchParams *bp, Report kind, int n)
+{
+	memset(bp, 0, sizeof(*bp));
+	bp->len = (size_t) n * 22 + 3;
+	bp->ids = xcalloc(1, bp->len);
+	bp->attempts = xcalloc(1, bp->len);
+	bp->ids[bp->ids_used++] = '{';
+	bp->attempts[bp->attempts_used++] = '{';
+	bp->logs = json_array(); /* any kind */
+	if (kind == REPORT_COMPLETE)
+		bp->results = json_array();
+	else if (kind == REPORT_FAIL)
+	{
+		bp->errors = json_array();
+		bp->retries = json_array();
+		bp->delays = json_array();
+	}
+}
+
+/* Appends the task's element to every array of its kind. */
+static void
+batch_params_add(BatchParams *bp, const Task *t, bool first)
+{
+	num_array(bp->ids, bp->len, &bp->ids_used, t->id, first);
+	num_array(bp->attempts, bp->len, &bp->attempts_used, t->attempt, first);
+	if (bp->results)
+		json_array_append(bp->results, t->result ? t->result : json_null());
+	if (bp->errors)
+	{
+		json_array_append_new(bp->errors, json_string(t->error ? t->error : "failed"));
+		json_array_append_new(bp->retries, json_string(retry_mode_sql(t->retry)));
+		json_array_append_new(bp->delays,
+							  t->retry_after >= 0 ? json_real(t->retry_after) : json_null());
+	}
+	json_array_append(bp->logs, t->log ? t->log : json_null());
+}
+
+static void
+batch_params_free(BatchParams *bp)
+{
+	free(bp->ids);
+	free(bp->attempts);
+	json_decref(bp->logs);
+	json_decref(bp->results);
+	json_decref(bp->errors);
+	json_decref(bp->retries);
+	json_decref(bp->delays);
+}
+
+/* A JSON parameter as text; NULL for an absent one. */
+static char *
+batch_json(const json_t *a)
+{
+	return a ? json_dumps(a, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+}
 
 /* Sends one batch of the tasks in TASK_DONE with report kind. */
 static void
@@ -1518,11 +1738,9 @@ send_batch(Daemon *d, Report kind)
 {
 	int n = 0, i = 0;
 	Batch *b;
-	char *ids, *atts;
-	size_t ilen, io = 0, ao = 0;
-	json_t *a1 = NULL, *a2 = NULL, *a3 = NULL, *a4 = NULL;
-	char *j1 = NULL, *j2 = NULL, *j3 = NULL, *j4 = NULL;
-	const char *params[6];
+	BatchParams bp;
+	char *logs, *results, *errors, *retries, *delays;
+	const char *values[6];
 	bool sent;
 
 	for (Task *t = d->tasks; t; t = t->next)
@@ -1534,120 +1752,49 @@ send_batch(Daemon *d, Report kind)
 	b->d = d;
 	b->kind = kind;
 	b->tasks = xcalloc((size_t) n, sizeof(Task *));
-	ilen = (size_t) n * 22 + 3;
-	ids = xcalloc(1, ilen);
-	atts = xcalloc(1, ilen);
-	ids[io++] = '{';
-	atts[ao++] = '{';
-	if (kind == REPORT_COMPLETE)
-		a1 = json_array();
-	else if (kind == REPORT_FAIL)
-	{
-		a1 = json_array();
-		a2 = json_array();
-		a4 = json_array();
-	}
-	a3 = json_array(); /* logs, any kind */
+	batch_params_init(&bp, kind, n);
 	for (Task *t = d->tasks; t; t = t->next)
 	{
 		if (t->state != TASK_DONE || t->report != kind)
 			continue;
 		b->tasks[i] = t;
-		num_array(ids, ilen, &io, t->id, i == 0);
-		num_array(atts, ilen, &ao, t->attempt, i == 0);
-		if (kind == REPORT_COMPLETE)
-			json_array_append(a1, t->result ? t->result : json_null());
-		else if (kind == REPORT_FAIL)
-		{
-			json_array_append_new(a1, json_string(t->error ? t->error : "failed"));
-			json_array_append_new(a2, json_string(t->retry ? t->retry : "auto"));
-			json_array_append_new(a4,
-								  t->retry_after >= 0 ? json_real(t->retry_after) : json_null());
-		}
-		json_array_append(a3, t->log ? t->log : json_null());
-		t->state = TASK_SENT;
+		batch_params_add(&bp, t, i == 0);
+		(void) task_set_state(t, TASK_SENT);
 		i++;
 	}
-	ids[io++] = '}';
-	atts[ao++] = '}';
+	bp.ids[bp.ids_used++] = '}';
+	bp.attempts[bp.attempts_used++] = '}';
 	b->n = n;
 	b->sent = ev_time();
-	params[0] = ids;
-	params[1] = atts;
-	if (a1)
-		j1 = json_dumps(a1, JSON_COMPACT | JSON_ENCODE_ANY);
-	if (a2)
-		j2 = json_dumps(a2, JSON_COMPACT | JSON_ENCODE_ANY);
-	if (a4)
-		j4 = json_dumps(a4, JSON_COMPACT | JSON_ENCODE_ANY);
-	j3 = json_dumps(a3, JSON_COMPACT | JSON_ENCODE_ANY);
-	/*
-	 * The log lines go in the same statement (one transaction) as the
-	 * outcome, first, while the tasks still run in tq: a batch sent again
-	 * after a lost connection cannot log twice.
-	 */
-	params[2] = j3;
-	switch (kind)
-	{
-		case REPORT_COMPLETE:
-			params[3] = j1;
-			sent = pgc_send(d->report,
-							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
-							"$2::integer[], " ARRAY_OF(
-								"$3") "))"
-									  " SELECT tq_complete($1::bigint[], $2::integer[], " ARRAY_OF(
-										  "$4") ") FROM l",
-							4, params, batch_result, b);
-			break;
-		case REPORT_FAIL:
-			params[3] = j1;
-			params[4] = j2;
-			params[5] = j4;
-			sent = pgc_send(
-				d->report,
-				"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
-				"$2::integer[], " ARRAY_OF(
-					"$3") "))"
-						  " SELECT tq_fail($1::bigint[], $2::integer[], " TEXT_ARRAY_OF(
-							  "$4") ", " TEXT_ARRAY_OF("$5") ", " DELAY_ARRAY_OF("$6") ") FROM l",
-				6, params, batch_result, b);
-			break;
-		case REPORT_RELEASE:
-			sent = pgc_send(d->report,
-							"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], "
-							"$2::integer[], " ARRAY_OF(
-								"$3") "))"
-									  " SELECT tq_release($1::bigint[], $2::integer[]) FROM l",
-							3, params, batch_result, b);
-			break;
-		default:
-			sent = false;
-			break;
-	}
+	logs = batch_json(bp.logs);
+	results = batch_json(bp.results);
+	errors = batch_json(bp.errors);
+	retries = batch_json(bp.retries);
+	delays = batch_json(bp.delays);
+	values[0] = bp.ids;
+	values[1] = bp.attempts;
+	values[2] = logs;
+	values[3] = kind == REPORT_COMPLETE ? results : errors;
+	values[4] = retries;
+	values[5] = delays;
+	sent = batch_calls[kind].sql != NULL &&
+		   pgc_send(d->report, batch_calls[kind].sql, batch_calls[kind].nparams, values,
+					batch_result, b);
 	if (!sent)
-		goto unsent;
-	goto out;
-unsent:
-	/* Not ready: everything waits for the next flush. */
-	for (Task *t = d->tasks; t; t = t->next)
-		if (t->state == TASK_SENT && t->report == kind)
-			t->state = TASK_DONE;
-	free(b->tasks);
-	free(b);
-out:
-	free(ids);
-	free(atts);
-	free(j1);
-	free(j2);
-	free(j3);
-	free(j4);
-	if (a4)
-		json_decref(a4);
-	if (a1)
-		json_decref(a1);
-	if (a2)
-		json_decref(a2);
-	json_decref(a3);
+	{
+		/* Not ready: everything waits for the next flush. */
+		for (Task *t = d->tasks; t; t = t->next)
+			if (t->state == TASK_SENT && t->report == kind)
+				(void) task_set_state(t, TASK_DONE);
+		free(b->tasks);
+		free(b);
+	}
+	free(logs);
+	free(results);
+	free(errors);
+	free(retries);
+	free(delays);
+	batch_params_free(&bp);
 }
 
 static void
@@ -1878,7 +2025,7 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 				/* Outcomes kept while disconnected go now. */
 				for (Task *t = d->tasks; t; t = t->next)
 					if (t->state == TASK_SENT)
-						t->state = TASK_DONE;
+						(void) task_set_state(t, TASK_DONE);
 				if (d->waiting > 0)
 					flush_soon(d);
 			}
