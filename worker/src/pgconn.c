@@ -82,19 +82,6 @@ backoff_delay(int n, double min, double max, double r)
 	return d * (1.0 - 0.25 * r);
 }
 
-static char *
-xstrdup(const char *s)
-{
-	char *d = strdup(s ? s : "");
-
-	if (d == NULL)
-	{
-		tlog(LOG_ERROR, "out of memory", NULL);
-		abort();
-	}
-	return d;
-}
-
 /* Watches the connection's socket for the given events (0: stop). */
 static void
 watch(PgConn *c, int events)

@@ -2,7 +2,8 @@
  * tqd.h
  *	  The daemon: one libev loop that leases tasks, runs them through
  *	  their queue's handler, reports outcomes in batches, heartbeats leases,
- *	  and obeys signals (tqd.c).
+ *	  and obeys signals.  This is its public side, for main.c; daemon.c
+ *	  and the files daemon.h lists are its inside.
  */
 #ifndef TQD_TQD_H
 #define TQD_TQD_H

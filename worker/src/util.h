@@ -1,11 +1,14 @@
 /*
  * util.h
- *	  Small macros every module of tqd uses, in one place.
+ *	  Small helpers every module of tqd uses, in one place.
  *
  * container_of recovers the struct that embeds a libev watcher (or any
  * member) from a pointer to that member: tqd's watchers live inside their
  * owner (ExecRun, PgConn, Httpd, HttpClient, Task, Daemon), never on their
  * own, so a callback finds its object without a lookup or a data pointer.
+ *
+ * xstrdup and xcalloc (util.c) are for what tqd cannot do without: they
+ * log and abort when memory runs out.
  */
 #ifndef TQD_UTIL_H
 #define TQD_UTIL_H
@@ -17,5 +20,9 @@
 
 /* Elements of an array (not of a pointer). */
 #define lengthof(a) (sizeof(a) / sizeof((a)[0]))
+
+/* strdup and calloc that abort when out of memory; xstrdup(NULL) is "". */
+extern char *xstrdup(const char *s);
+extern void *xcalloc(size_t n, size_t size);
 
 #endif
