@@ -13,6 +13,7 @@
 #ifndef TQD_UTIL_H
 #define TQD_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 /* The object of type whose member is at ptr. */
@@ -24,5 +25,20 @@
 /* strdup and calloc that abort when out of memory; xstrdup(NULL) is "". */
 extern char *xstrdup(const char *s);
 extern void *xcalloc(size_t n, size_t size);
+
+/* A blank as C's isspace sees one in the C locale (but never NUL). */
+static inline bool
+is_blank(char ch)
+{
+	return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r' || ch == '\v' || ch == '\f';
+}
+
+static inline const char *
+skip_blanks(const char *s)
+{
+	while (*s && is_blank(*s))
+		s++;
+	return s;
+}
 
 #endif
