@@ -1,7 +1,7 @@
 /*
  * config.h
  *	  tqd's configuration: an INI file parsed with libinih through one
- *	  declarative table of keys (config.c), into a Config that the daemon
+ *	  declarative table of keys (config_keys.c), into a Config that the daemon
  *	  swaps whole on reload.
  *
  * File layout:
@@ -9,7 +9,7 @@
  *	[tqd]                  global keys (conninfo, slots, intervals, ...)
  *	[queue:NAME]           one section per queue tqd serves
  *
- * Every key, its type, default and bounds are in config.c's table; the
+ * Every key, its type, default and bounds are in config_keys.c's table; the
  * sample file worker/tqd.conf.sample lists every key at its default (a
  * unit test checks that it does).  Durations are written with a unit
  * (ms, s, min, h), sizes with one (B, kB, MB, GB; 1024-based).
@@ -24,6 +24,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
+
+#include "argv.h" /* split_argv, which makes QueueConf.argv */
 
 typedef enum LogLevel
 {
@@ -118,18 +120,6 @@ extern Config *config_load(const char *path, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 extern void config_free(Config *c);
 extern const QueueConf *config_queue(const Config *c, const char *name);
-
-/*
- * Splits a command line into words without a shell: blanks separate
- * words; single quotes keep everything literal; double quotes keep blanks,
- * and a backslash inside them escapes " and \ only; outside quotes a
- * backslash escapes the next character.  No variables, globs or
- * substitutions.  Returns the number of words (argv NULL-terminated, owned
- * by the caller: free with free_argv), or -1 with a message in err.
- */
-extern int split_argv(const char *s, char ***argv, char *err, size_t errlen)
-	__attribute__((warn_unused_result));
-extern void free_argv(char **argv);
 
 /* Prints every key at its default, as the sample file does. */
 extern void config_print_defaults(FILE *out);

@@ -15,7 +15,7 @@
  *	  dashboard's own, so a slow or failing query never delays leases or
  *	  outcomes; each query is bounded by a statement timeout, and the
  *	  server builds the JSON.  tqd's own state (/api/tqd) is answered by
- *	  tqd.c from memory.
+ *	  metrics.c from memory.
  */
 #ifndef TQD_DASHBOARD_H
 #define TQD_DASHBOARD_H

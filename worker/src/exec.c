@@ -4,7 +4,8 @@
  *	  of an ExecRun): fork + exec in a process group of its own, the input
  *	  written to its stdin, stdout kept as the result, stderr kept as log
  *	  lines, its end noticed through an ev_child watcher, all on the default
- *	  libev loop without ever blocking it.
+ *	  libev loop without ever blocking it.  The child's side of the fork,
+ *	  and what is prepared for it, is in exec_child.c.
  *
  * Ownership:
  *	- An ExecRun owns its parent-side pipe ends (-1 once closed), a copy of
@@ -39,6 +40,8 @@
  * of a program that has exited fails with EPIPE instead of killing tqd.
  */
 #include "exec.h"
+#include "exec_child.h"
+#include "util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -54,16 +57,12 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
-
 /*
  * The run being forked, seen by the child only.  A child whose exec fails
  * exits with the parent's heap copied; a leak checker that follows forks
  * (valgrind) would call this run lost in it without a pointer it can see.
  */
 static ExecRun *volatile forking_run;
-
-#define container_of(ptr, type, member) ((type *) ((char *) (ptr) -offsetof(type, member)))
 
 #define LOG_LINE_MAX 4096 /* a longer stderr line is cut here (exec.h) */
 #define READ_CHUNK 65536  /* one pipe's default capacity on Linux */
@@ -88,29 +87,6 @@ typedef enum RunState
 	RUN_REAPED,   /* child reaped; waiting for EOF on stdout/stderr, at most the linger */
 	RUN_DONE,     /* done was called; only exec_free remains */
 } RunState;
-
-/* What the child tells the parent through the status pipe when it fails. */
-typedef enum ChildStage
-{
-	STAGE_STDIO,  /* dup2 onto 0/1/2 */
-	STAGE_RLIMIT, /* setrlimit */
-	STAGE_EXEC,   /* execvp */
-} ChildStage;
-
-typedef struct ChildError
-{
-	int stage; /* a ChildStage */
-	int err;   /* errno */
-} ChildError;
-
-/* Resource limits computed before the fork, set by the child. */
-typedef struct ChildLimits
-{
-	bool set_as;       /* RLIMIT_AS to set */
-	struct rlimit as;  /* its value */
-	bool set_cpu;      /* RLIMIT_CPU to set */
-	struct rlimit cpu; /* its value */
-} ChildLimits;
 
 struct ExecRun
 {
@@ -166,12 +142,7 @@ struct ExecRun
 	ExecResult result; /* filled as the run ends; given to done */
 };
 
-static bool make_pipe(int fds[2]) __attribute__((warn_unused_result));
-static bool set_nonblock(int fd) __attribute__((warn_unused_result));
-static char **build_env(char *const *extra) __attribute__((warn_unused_result));
 static bool grow_output(ExecRun *run, size_t need) __attribute__((warn_unused_result));
-static void child_exec(char *const *argv, char **envp, const int fds[3], int status_fd,
-					   const ChildLimits *lim) __attribute__((noreturn));
 
 static void
 set_state(ExecRun *run, RunState to)
@@ -210,207 +181,6 @@ close_watched(ExecRun *run, ev_io *w, int *fd)
 	ev_io_stop(run->loop, w);
 	close(*fd);
 	*fd = -1;
-}
-
-/*
- * A pipe with both ends close-on-exec and above 2: the child dup2s its ends
- * onto 0, 1 and 2, which must not close another of its pipe ends (possible
- * if tqd was started with one of 0/1/2 closed).
- */
-static bool
-make_pipe(int fds[2])
-{
-	if (pipe2(fds, O_CLOEXEC) < 0)
-		return false;
-	for (int i = 0; i < 2; i++)
-	{
-		if (fds[i] < 3)
-		{
-			int fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
-
-			if (fd < 0)
-			{
-				int saved = errno;
-
-				close(fds[0]);
-				close(fds[1]);
-				fds[0] = fds[1] = -1;
-				errno = saved;
-				return false;
-			}
-			close(fds[i]);
-			fds[i] = fd;
-		}
-	}
-	return true;
-}
-
-static bool
-set_nonblock(int fd)
-{
-	int flags = fcntl(fd, F_GETFL);
-
-	return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
-}
-
-/* Length of the NAME in a NAME=VALUE entry. */
-static size_t
-env_name_len(const char *entry)
-{
-	return strcspn(entry, "=");
-}
-
-/*
- * Whether some entry of list, NAME=VALUE or a bare NAME, names the same
- * variable as entry.
- */
-static bool
-env_named_in(const char *entry, char *const *list)
-{
-	size_t len = env_name_len(entry);
-
-	for (; list && *list; list++)
-		if (env_name_len(*list) == len && ((*list)[len] == '=' || (*list)[len] == '\0') &&
-			memcmp(*list, entry, len) == 0)
-			return true;
-	return false;
-}
-
-/*
- * The child's environment: tqd's environ without the variables that extra
- * names, then extra's NAME=VALUE entries (of two entries in extra for one
- * variable the later wins; a bare NAME unsets it).  The array points into
- * environ and extra, which stay put until the fork; it is built here
- * because the child may not call malloc.
- */
-static char **
-build_env(char *const *extra)
-{
-	size_t n = 0;
-	char **envp;
-
-	for (char **e = environ; e && *e; e++)
-		n++;
-	for (char *const *x = extra; x && *x; x++)
-		n++;
-	envp = malloc((n + 1) * sizeof *envp);
-	if (envp == NULL)
-		return NULL;
-
-	n = 0;
-	for (char **e = environ; e && *e; e++)
-		if (!env_named_in(*e, extra))
-			envp[n++] = *e;
-	for (char *const *x = extra; x && *x; x++)
-		if ((*x)[env_name_len(*x)] == '=' && !env_named_in(*x, x + 1))
-			envp[n++] = *x;
-	envp[n] = NULL;
-	return envp;
-}
-
-/*
- * The rlimits for the child, computed before the fork.  Neither may exceed
- * the current hard limit (only root may raise it).  RLIMIT_CPU is rounded
- * up to whole seconds; its hard limit is a second past the soft one, so the
- * program gets SIGXCPU first and a moment to clean up before the kernel's
- * SIGKILL.
- */
-static void
-prepare_limits(const ExecSpec *spec, ChildLimits *lim)
-{
-	struct rlimit cur;
-
-	memset(lim, 0, sizeof *lim);
-	if (spec->memory_limit > 0)
-	{
-		rlim_t bytes = (rlim_t) spec->memory_limit;
-
-		if (getrlimit(RLIMIT_AS, &cur) == 0 && cur.rlim_max != RLIM_INFINITY &&
-			bytes > cur.rlim_max)
-			bytes = cur.rlim_max;
-		lim->set_as = true;
-		lim->as.rlim_cur = lim->as.rlim_max = bytes;
-	}
-	if (spec->cpu_limit > 0)
-	{
-		/* bounded so that the conversion cannot overflow */
-		double s = ceil(spec->cpu_limit < 1e9 ? spec->cpu_limit : 1e9);
-
-		lim->set_cpu = true;
-		lim->cpu.rlim_cur = (rlim_t) s;
-		lim->cpu.rlim_max = (rlim_t) s + 1;
-		if (getrlimit(RLIMIT_CPU, &cur) == 0 && cur.rlim_max != RLIM_INFINITY)
-		{
-			if (lim->cpu.rlim_cur > cur.rlim_max)
-				lim->cpu.rlim_cur = cur.rlim_max;
-			if (lim->cpu.rlim_max > cur.rlim_max)
-				lim->cpu.rlim_max = cur.rlim_max;
-		}
-	}
-}
-
-/*
- * The child, between fork and exec.  Only async-signal-safe calls: tqd may
- * have other threads (libcurl's resolver) whose locks a fork copies held.
- * glibc's execvp allocates nothing (its path buffer is on the stack).  All
- * signals are blocked on entry (see exec_start), so no handler of tqd's
- * runs here.  On failure the errno goes through status_fd, which the exec
- * closes on success; the child then exits 127 without writing anything.
- */
-static void
-child_exec(char *const *argv, char **envp, const int fds[3], int status_fd, const ChildLimits *lim)
-{
-	struct sigaction dfl;
-	sigset_t none;
-	ChildError ce;
-	ssize_t unused;
-
-	/*
-	 * Exec resets caught signals but keeps ignored ones and the mask: tqd
-	 * ignores SIGPIPE, libev owns SIGCHLD and may block signals.  A task
-	 * starts from the defaults.
-	 */
-	memset(&dfl, 0, sizeof dfl);
-	dfl.sa_handler = SIG_DFL;
-	sigemptyset(&dfl.sa_mask);
-	for (int sig = 1; sig < NSIG; sig++)
-		if (sig != SIGKILL && sig != SIGSTOP)
-			(void) sigaction(sig, &dfl, NULL); /* EINVAL for the ones libc reserves */
-
-	/* the parent does the same; whichever runs first makes the group */
-	(void) setpgid(0, 0);
-
-	ce.stage = STAGE_STDIO;
-	for (int i = 0; i < 3; i++)
-		if (dup2(fds[i], i) < 0)
-			goto fail;
-
-#ifdef CLOSE_RANGE_CLOEXEC
-	/*
-	 * Whatever another part of tqd opened without O_CLOEXEC is not the
-	 * task's business.  Best effort: CLOSE_RANGE_CLOEXEC is Linux 5.11+.
-	 */
-	(void) close_range(3, ~0U, CLOSE_RANGE_CLOEXEC);
-#endif
-
-	ce.stage = STAGE_RLIMIT;
-	if (lim->set_as && setrlimit(RLIMIT_AS, &lim->as) < 0)
-		goto fail;
-	if (lim->set_cpu && setrlimit(RLIMIT_CPU, &lim->cpu) < 0)
-		goto fail;
-
-	/* execvp looks argv[0] up in the PATH of environ: the task's own */
-	environ = envp;
-	sigemptyset(&none);
-	(void) sigprocmask(SIG_SETMASK, &none, NULL);
-	ce.stage = STAGE_EXEC;
-	execvp(argv[0], argv);
-
-fail:
-	ce.err = errno;
-	unused = write(status_fd, &ce, sizeof ce); /* 8 bytes: atomic on a pipe */
-	(void) unused;
-	_exit(127);
 }
 
 /*

@@ -41,8 +41,7 @@
 
 #include "http.h"
 #include "tqd.h"
-
-#define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
+#include "util.h"
 
 /*
  * Easy handles are reused (curl_easy_reset keeps their caches): making and
@@ -265,7 +264,7 @@ finish_done(HttpClient *c)
 static void
 io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	SockWatch *s = CONTAINER(w, SockWatch, io);
+	SockWatch *s = container_of(w, SockWatch, io);
 	HttpClient *c = s->c;
 	int fd = w->fd; /* s may be freed inside the call */
 	int action =
@@ -279,7 +278,7 @@ io_cb(struct ev_loop *loop, ev_io *w, int revents)
 static void
 timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	HttpClient *c = CONTAINER(w, HttpClient, timer);
+	HttpClient *c = container_of(w, HttpClient, timer);
 	int running;
 
 	curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);

@@ -24,8 +24,7 @@
 #include <microhttpd.h>
 
 #include "httpd.h"
-
-#define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
+#include "util.h"
 
 struct Httpd
 {
@@ -118,13 +117,13 @@ run(Httpd *h)
 static void
 io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	run(CONTAINER(w, Httpd, io));
+	run(container_of(w, Httpd, io));
 }
 
 static void
 timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	run(CONTAINER(w, Httpd, timer));
+	run(container_of(w, Httpd, timer));
 }
 
 static void

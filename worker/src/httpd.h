@@ -65,7 +65,7 @@ extern Httpd *httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler f
 						  char *err, size_t errlen) __attribute__((warn_unused_result));
 /*
  * "IPv4:port" or "[IPv6]:port" (port 0 = any) into a socket address; -1
- * with a message in err when it is neither (config.c checks
+ * with a message in err when it is neither (config_check.c checks
  * metrics_listen with it).
  */
 extern int httpd_parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *len,

@@ -23,6 +23,7 @@
 
 #include "log.h"
 #include "pgconn.h"
+#include "util.h"
 
 typedef enum PgcState
 {
@@ -69,8 +70,6 @@ static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
 static void start_attempt(PgConn *c);
 static void broken(PgConn *c, const char *why);
 
-#define CONTAINER(ptr, type, field) ((type *) ((char *) (ptr) -offsetof(type, field)))
-
 double
 backoff_delay(int n, double min, double max, double r)
 {
@@ -81,19 +80,6 @@ backoff_delay(int n, double min, double max, double r)
 	if (d > max)
 		d = max;
 	return d * (1.0 - 0.25 * r);
-}
-
-static char *
-xstrdup(const char *s)
-{
-	char *d = strdup(s ? s : "");
-
-	if (d == NULL)
-	{
-		tlog(LOG_ERROR, "out of memory", NULL);
-		abort();
-	}
-	return d;
 }
 
 /* Watches the connection's socket for the given events (0: stop). */
@@ -341,7 +327,7 @@ broken(PgConn *c, const char *why)
 static void
 timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
-	PgConn *c = CONTAINER(w, PgConn, timer);
+	PgConn *c = container_of(w, PgConn, timer);
 
 	if (c->break_due)
 	{
@@ -492,7 +478,7 @@ read_input(PgConn *c)
 static void
 io_cb(struct ev_loop *loop, ev_io *w, int revents)
 {
-	PgConn *c = CONTAINER(w, PgConn, io);
+	PgConn *c = container_of(w, PgConn, io);
 
 	c->in_callback++;
 	if (c->state == PGC_CONNECTING)

@@ -2,7 +2,8 @@
  * tqd.h
  *	  The daemon: one libev loop that leases tasks, runs them through
  *	  their queue's handler, reports outcomes in batches, heartbeats leases,
- *	  and obeys signals (tqd.c).
+ *	  and obeys signals.  This is its public side, for main.c; daemon.c
+ *	  and the files daemon.h lists are its inside.
  */
 #ifndef TQD_TQD_H
 #define TQD_TQD_H
@@ -11,7 +12,14 @@
 
 #include "config.h"
 
-#define TQD_VERSION "0.6.0"
+/*
+ * tqd's version is tq's: worker/Makefile reads default_version from
+ * extension/tq.control, the one version source, and passes it as
+ * -DTQD_VERSION.
+ */
+#ifndef TQD_VERSION
+#error "TQD_VERSION is not defined: build tqd with worker/Makefile"
+#endif
 
 typedef struct Daemon Daemon;
 

@@ -1,0 +1,336 @@
+/*
+ * config_check.c
+ *	  The checks of single keys (KeyDef.check), run once the whole file
+ *	  was read, so that a value continued on the next lines is complete,
+ *	  and only for keys the file gives.
+ *
+ * Each checks a value with the parser that will use it where there is one
+ * (libpq's for conninfo, libcurl's for url, httpd's for metrics_listen,
+ * split_argv for command), so that what passes --check-config is what tqd
+ * can run.  A check may fill derived fields (command -> argv, headers ->
+ * header_list), freeing what an earlier load of the same field left.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <libpq-fe.h>
+
+#include "config_keys.h"
+#include "httpd.h"
+#include "util.h"
+
+bool
+check_command(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	int n;
+
+	free_argv(q->argv);
+	q->argv = NULL;
+	n = split_argv(q->command, &q->argv, msg, msglen);
+	if (n < 0)
+		return false;
+	if (n == 0 || q->argv[0][0] == '\0')
+	{
+		snprintf(msg, msglen, "no program given");
+		return false;
+	}
+	return true;
+}
+
+/*
+ * libpq's own parser: a connection string it cannot read would otherwise
+ * pass the load and then fail every connection attempt, forever.
+ */
+bool
+check_conninfo(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	char *why = NULL;
+	PQconninfoOption *opts = PQconninfoParse(c->conninfo, &why);
+	size_t n;
+
+	if (opts != NULL)
+	{
+		PQconninfoFree(opts);
+		return true;
+	}
+	snprintf(msg, msglen, "libpq cannot parse it: %s", why ? why : "out of memory");
+	n = strlen(msg);
+	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = '\0';
+	PQfreemem(why);
+	return false;
+}
+
+/* One SQL identifier as we accept it unquoted: [A-Za-z_][A-Za-z0-9_$]*. */
+static size_t
+identifier_length(const char *s)
+{
+	size_t n = 0;
+
+	if (!(isalpha((unsigned char) s[0]) || s[0] == '_') || (unsigned char) s[0] >= 0x80)
+		return 0;
+	while (s[n] != '\0' && (unsigned char) s[n] < 0x80 &&
+		   (isalnum((unsigned char) s[n]) || s[n] == '_' || s[n] == '$'))
+		n++;
+	return n;
+}
+
+/*
+ * The function is spliced into SQL by the daemon, so only plain
+ * identifiers are allowed: name or schema.name, each at most 63 bytes
+ * (PostgreSQL would silently truncate a longer one).  No quotes, no
+ * blanks, no parentheses: nothing that could change the statement.
+ */
+bool
+check_function(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	const char *s = q->function;
+
+	for (int part = 0; part < 2; part++)
+	{
+		size_t n = identifier_length(s);
+
+		if (n == 0 || n > NAME_MAX_BYTES)
+			break;
+		s += n;
+		if (*s == '\0')
+			return true;
+		if (*s != '.' || part == 1)
+			break;
+		s++;
+	}
+	snprintf(msg, msglen,
+			 "invalid function name \"%s\": expected name or schema.name, each a letter or _ "
+			 "then letters, digits, _ or $ (at most %d bytes), without quotes",
+			 q->function, NAME_MAX_BYTES);
+	return false;
+}
+
+bool
+check_throttled_exit(void *base, char *msg, size_t msglen)
+{
+	static const struct
+	{
+		int status;
+		const char *meaning;
+	} taken[] = {
+		{64, "EX_USAGE: failed, not retried"},
+		{65, "EX_DATAERR: failed, not retried"},
+		{75, "EX_TEMPFAIL: failed, retried"},
+	};
+	QueueConf *q = base;
+
+	for (size_t i = 0; i < lengthof(taken); i++)
+	{
+		if (q->throttled_exit == taken[i].status)
+		{
+			snprintf(msg, msglen, "%d already has a meaning (%s); choose another exit status",
+					 taken[i].status, taken[i].meaning);
+			return false;
+		}
+	}
+	return true;
+}
+
+/*
+ * The URL is parsed with libcurl's own parser, the one that will use it:
+ * what it accepts here is what the requests go to.  Only http and https.
+ */
+bool
+check_url(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	CURLU *u = curl_url();
+	char *scheme = NULL, *host = NULL;
+	CURLUcode rc;
+	bool good = false;
+
+	if (u == NULL)
+	{
+		snprintf(msg, msglen, "out of memory");
+		return false;
+	}
+	rc = curl_url_set(u, CURLUPART_URL, q->url, 0);
+	if (rc != CURLUE_OK)
+		snprintf(msg, msglen, "invalid URL \"%s\": %s", q->url, curl_url_strerror(rc));
+	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
+		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", q->url);
+	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
+		snprintf(msg, msglen, "invalid URL \"%s\": no host", q->url);
+	else
+		good = true;
+	curl_free(scheme);
+	curl_free(host);
+	curl_url_cleanup(u);
+	return good;
+}
+
+/* RFC 9110 token characters, which a header name is made of. */
+static bool
+is_tchar(char ch)
+{
+	unsigned char c = (unsigned char) ch;
+
+	if (c == 0 || c >= 0x80)
+		return false;
+	return isalnum(c) || strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/*
+ * One "Name: value" per line.  The names tqd sets itself for every task
+ * (X-TQ-*, and traceparent for tasks that carry one), and those that
+ * describe the body curl sends (Content-Length, Transfer-Encoding), cannot
+ * be set: a fixed value there would be wrong.
+ */
+bool
+check_headers(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	char **list = NULL;
+	int n = 0, cap = 0;
+	const char *s = q->headers;
+
+	free_argv(q->header_list);
+	q->header_list = NULL;
+	q->has_content_type = false;
+	while (*s != '\0')
+	{
+		const char *end = strchr(s, '\n');
+		size_t len = end ? (size_t) (end - s) : strlen(s);
+		const char *colon;
+		size_t nlen;
+		const char *value;
+
+		while (len > 0 && is_blank(*s))
+			s++, len--;
+		while (len > 0 && is_blank(s[len - 1]))
+			len--;
+		if (len == 0)
+			goto next;
+		colon = memchr(s, ':', len);
+		nlen = colon ? (size_t) (colon - s) : 0;
+		for (size_t i = 0; i < nlen; i++)
+			if (!is_tchar(s[i]))
+				nlen = 0;
+		if (nlen == 0)
+		{
+			snprintf(msg, msglen, "invalid header \"%.*s\": expected \"Name: value\"", (int) len,
+					 s);
+			goto fail;
+		}
+		if ((nlen == 14 && strncasecmp(s, "Content-Length", nlen) == 0) ||
+			(nlen == 17 && strncasecmp(s, "Transfer-Encoding", nlen) == 0) ||
+			(nlen >= 5 && strncasecmp(s, "X-TQ-", 5) == 0))
+		{
+			snprintf(msg, msglen, "header \"%.*s\" cannot be set: tqd sets it for each request",
+					 (int) nlen, s);
+			goto fail;
+		}
+		/* A fixed trace context would hide each task's own (W3C Trace Context). */
+		if (nlen == 11 && strncasecmp(s, "traceparent", nlen) == 0)
+		{
+			snprintf(msg, msglen,
+					 "header \"%.*s\" cannot be set: tqd sets it from each task's traceparent",
+					 (int) nlen, s);
+			goto fail;
+		}
+		if (nlen == 12 && strncasecmp(s, "Content-Type", nlen) == 0)
+			q->has_content_type = true;
+		value = skip_blanks(colon + 1);
+		if (n + 2 > cap)
+		{
+			char **more;
+
+			cap = cap ? cap * 2 : 8;
+			more = realloc(list, (size_t) cap * sizeof(char *));
+			if (more == NULL)
+				goto oom;
+			list = more;
+			list[n] = NULL;
+		}
+		/* Normalised to "Name: value". */
+		{
+			size_t vlen = len - (size_t) (value - s);
+			char *h = malloc(nlen + 2 + vlen + 1);
+
+			if (h == NULL)
+				goto oom;
+			snprintf(h, nlen + 2 + vlen + 1, "%.*s: %.*s", (int) nlen, s, (int) vlen, value);
+			list[n++] = h;
+			list[n] = NULL;
+		}
+	next:
+		if (end == NULL)
+			break;
+		s = end + 1;
+	}
+	q->header_list = list;
+	return true;
+oom:
+	snprintf(msg, msglen, "out of memory");
+fail:
+	if (list)
+		free_argv(list);
+	return false;
+}
+
+bool
+check_ca_file(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+
+	if (q->ca_file[0] != '\0' && access(q->ca_file, R_OK) != 0)
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", q->ca_file);
+		return false;
+	}
+	return true;
+}
+
+/* The address is parsed as httpd_start will: a bad one fails --check-config. */
+bool
+check_metrics_listen(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	struct sockaddr_storage ss;
+	socklen_t len;
+
+	return c->metrics_listen[0] == '\0' ||
+		   httpd_parse_addr(c->metrics_listen, &ss, &len, msg, msglen) == 0;
+}
+
+bool
+check_dashboard(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+
+	if (c->dashboard && c->metrics_listen[0] == '\0')
+	{
+		snprintf(msg, msglen, "on needs metrics_listen: the dashboard is served there");
+		return false;
+	}
+	return true;
+}
+
+bool
+check_aimd_min(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+
+	if (q->aimd_min > q->concurrency)
+	{
+		snprintf(msg, msglen, "%d is above concurrency (%d): the window never goes above that",
+				 q->aimd_min, q->concurrency);
+		return false;
+	}
+	return true;
+}

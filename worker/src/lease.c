@@ -1,0 +1,257 @@
+/*
+ * lease.c
+ *	  Leasing: one tq_lease call per queue with room, all on the work
+ *	  connection in one round trip, each sized to the free slots (see
+ *	  daemon.c, Capacity) and, for an http queue, to its endpoint's window;
+ *	  and the poll timer, which also reads the queues' backlog for
+ *	  /metrics.
+ *
+ * A queue has at most one tq_lease on its way (Queue.leasing).  The room a
+ * call asks for counts as taken until its answer comes, in the slots and
+ * in the endpoint's window (Endpoint.asked).  A lease answered with NULL
+ * (the connection was lost) leases nothing: the queue stays wanted.
+ *
+ * Ownership: a LeaseCall belongs to its query's callback, which frees it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "daemon.h"
+#include "log.h"
+#include "util.h"
+
+/* A tq_lease call on its way. */
+typedef struct LeaseCall
+{
+	Daemon *d;
+	Queue *q;
+	Endpoint *ep; /* http: the endpoint whose room was reserved */
+	int asked;    /* the most tasks asked for: room held in the slots and the window */
+	double sent;  /* ev_time() when sent */
+} LeaseCall;
+
+/*
+ * Each row of tq_lease becomes a Task, started at once (or handed back at
+ * once when its queue left the configuration or tqd is stopping); the
+ * heartbeat timer is brought forward when a lease is shorter than it
+ * allows.
+ */
+static void
+lease_result(PgConn *c, const PGresult *res, void *arg)
+{
+	LeaseCall *lc = arg;
+	Daemon *d = lc->d;
+	Queue *q = lc->q;
+	int n;
+	int c_id, c_attempt, c_payload, c_tenant, c_timeout, c_lease, c_trace;
+
+	q->leasing = false;
+	if (lc->ep)
+		lc->ep->asked -= lc->asked;
+	if (res != NULL)
+		histogram_observe(&d->lease_rtt, ev_time() - lc->sent);
+	if (res == NULL)
+	{
+		free(lc);
+		return; /* reconnecting; the queue stays wanted */
+	}
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		tlog(LOG_WARNING, "tq_lease failed", "queue=%s error=%s sqlstate=%s", kvq(q->name),
+			 kvq(pgc_error(res)), pgc_sqlstate(res));
+		free(lc);
+		return; /* the poll timer tries again */
+	}
+	n = PQntuples(res);
+	/*
+	 * Columns by name: tq_lease gained traceparent in 0.6.0, and tqd works
+	 * with older versions of the extension too (then the column is absent).
+	 */
+	c_id = PQfnumber(res, "id");
+	c_attempt = PQfnumber(res, "attempt");
+	c_payload = PQfnumber(res, "payload");
+	c_tenant = PQfnumber(res, "tenant");
+	c_timeout = PQfnumber(res, "timeout_s");
+	c_lease = PQfnumber(res, "lease_s");
+	c_trace = PQfnumber(res, "traceparent");
+	if (n > 0 && (c_id < 0 || c_attempt < 0 || c_payload < 0 || c_tenant < 0 || c_timeout < 0 ||
+				  c_lease < 0))
+	{
+		/* Not tq_lease as we know it: leased tasks come back when their leases expire. */
+		tlog(LOG_ERROR, "tq_lease returned unexpected columns", "queue=%s tasks=%d", kvq(q->name),
+			 n);
+		free(lc);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Task *t = xcalloc(1, sizeof(Task));
+		double task_timeout =
+			PQgetisnull(res, i, c_timeout) ? 0 : atof(PQgetvalue(res, i, c_timeout));
+		double queue_timeout = q->conf ? q->conf->timeout : 0;
+
+		t->d = d;
+		t->queue = q;
+		t->id = atoll(PQgetvalue(res, i, c_id));
+		t->attempt = atoi(PQgetvalue(res, i, c_attempt));
+		t->payload = xstrdup(PQgetvalue(res, i, c_payload));
+		t->tenant = PQgetisnull(res, i, c_tenant) ? NULL : xstrdup(PQgetvalue(res, i, c_tenant));
+		if (c_trace >= 0 && !PQgetisnull(res, i, c_trace))
+		{
+			const char *tp = PQgetvalue(res, i, c_trace);
+
+			/* Checked by tq at submit; handed on only if it cannot break a header. */
+			if (http_traceparent_ok(tp))
+				t->traceparent = xstrdup(tp);
+			else
+				tlog(LOG_WARNING, "traceparent not handed on: not printable ASCII or too long",
+					 "task=%lld queue=%s attempt=%d", t->id, kvq(q->name), t->attempt);
+		}
+		/* The smaller of the task's own timeout and the queue's. */
+		t->timeout = task_timeout;
+		if (queue_timeout > 0 && (t->timeout <= 0 || queue_timeout < t->timeout))
+			t->timeout = queue_timeout;
+		t->lease_len = atof(PQgetvalue(res, i, c_lease));
+		t->retry_after = -1;
+		t->next = d->tasks;
+		if (d->tasks)
+			d->tasks->prev = t;
+		d->tasks = t;
+		(void) task_set_state(t, TASK_RUNNING);
+		ev_init(&t->sql_timer, sql_timeout);
+		if (q->conf == NULL || d->run_state != RUN_ACTIVE)
+			task_done(t, REPORT_RELEASE); /* left the config, or stopping */
+		else
+			task_start(t);
+	}
+	/* A full batch: there is probably more. */
+	q->wanted = n >= lc->asked;
+	free(lc);
+	if (n > 0)
+	{
+		/* Heartbeats must come before the shortest lease runs out. */
+		double every = heartbeat_every(d);
+
+		if (!ev_is_active(&d->hb_timer) || every < d->hb_timer.repeat)
+		{
+			d->hb_timer.repeat = every;
+			ev_timer_again(d->loop, &d->hb_timer);
+		}
+	}
+	lease_soon(d);
+}
+
+/*
+ * Once per loop turn when leasing is due: one tq_lease per wanted queue
+ * with room, until the free slots are spoken for.
+ */
+void
+lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
+{
+	Daemon *d = container_of(w, Daemon, lease_idle);
+	int free_slots;
+
+	ev_idle_stop(loop, w);
+	if (d->run_state != RUN_ACTIVE || !pgc_ready(d->work))
+		return;
+	if (d->waiting > 4 * d->config->slots)
+		return; /* outcomes pile up: the database is not taking them */
+	free_slots = d->config->slots - d->running;
+	for (Queue *q = d->queues; q && free_slots > 0; q = q->next)
+	{
+		int room;
+		LeaseCall *lc;
+		char max[16];
+		char queues[512];
+		const char *params[3];
+
+		if (q->conf == NULL || q->leasing || !q->wanted)
+			continue;
+		room = q->conf->concurrency - q->running;
+		if (room > free_slots)
+			room = free_slots;
+		if (room > d->config->lease_batch)
+			room = d->config->lease_batch;
+		if (q->ep != NULL)
+		{
+			/* The endpoint's window: what it takes decides what we lease. */
+			int window_room = aimd_limit(&q->ep->aimd) - q->ep->aimd.inflight - q->ep->asked;
+
+			if (room > window_room)
+				room = window_room;
+		}
+		if (room <= 0)
+			continue;
+		snprintf(max, sizeof(max), "%d", room);
+		/* Queue names have no quotes or backslashes (tq's name rule). */
+		snprintf(queues, sizeof(queues), "{\"%s\"}", q->name);
+		params[0] = d->worker;
+		params[1] = queues;
+		params[2] = max;
+		lc = xcalloc(1, sizeof(LeaseCall));
+		lc->d = d;
+		lc->q = q;
+		lc->ep = q->ep;
+		lc->asked = room;
+		lc->sent = ev_time();
+		/* l.*: whatever this version of tq_lease returns (lease_result reads by name). */
+		if (!pgc_send(d->work,
+					  "SELECT l.*, extract(epoch FROM l.timeout) AS timeout_s,"
+					  " extract(epoch FROM l.lease_until - now()) AS lease_s"
+					  " FROM tq_lease($1, $2::text[], $3::integer) l",
+					  3, params, lease_result, lc))
+		{
+			free(lc);
+			return;
+		}
+		q->leasing = true;
+		if (q->ep)
+			q->ep->asked += room;
+		/* Counted as taken until the answer comes. */
+		free_slots -= room;
+	}
+}
+
+void
+lease_soon(Daemon *d)
+{
+	if (d->run_state == RUN_ACTIVE && !ev_is_active(&d->lease_idle))
+		ev_idle_start(d->loop, &d->lease_idle);
+}
+
+/* tq_queue_stats' counts per queue, kept for /metrics. */
+static void
+backlog_result(PgConn *c, const PGresult *res, void *arg)
+{
+	Daemon *d = arg;
+
+	if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+		return; /* the next poll tries again; /metrics shows the last values */
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		Queue *q = queue_find(d, PQgetvalue(res, i, 0));
+
+		if (q == NULL)
+			continue;
+		for (int k = 0; k < 4; k++)
+			q->backlog[k] = atoll(PQgetvalue(res, i, 1 + k));
+		q->backlog_known = true;
+	}
+}
+
+/* poll_interval: every queue is wanted again, in case a tq_ready was lost. */
+void
+lease_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
+{
+	Daemon *d = container_of(w, Daemon, poll_timer);
+
+	for (Queue *q = d->queues; q; q = q->next)
+		q->wanted = true;
+	lease_soon(d);
+	/* The queues' backlog in the whole system, for /metrics (shared counters: cheap). */
+	if (d->httpd != NULL && pgc_ready(d->work) &&
+		!pgc_send(d->work, "SELECT queue, scheduled, ready, paused, running FROM tq_queue_stats", 0,
+				  NULL, backlog_result, d))
+		tlog(LOG_DEBUG, "backlog query not sent: the connection is being reset", NULL);
+}
