@@ -607,7 +607,7 @@ obs_print()
 {
 	local wl side
 	[ "${#rows3[@]}" -gt 0 ] || return 0
-	say "observability (issue 6): reads at scale (row 10), cost of the counters and traces end to end (row 11):"
+	say "observability: reads at scale (row 10), cost of the counters and traces end to end (row 11):"
 	print_table rows3 measured reference ratio
 	say ""
 	if [ "$want_10" = 1 ]; then

@@ -510,7 +510,7 @@ for sc in "${sync_modes[@]}"; do
 			worker)
 				m="$m, wake-up by worker"
 				fl=${submit[wfloor,$c]}
-				target=">= 0.90 (issue 3)"
+				target=">= 0.90"
 				;;
 			tq_on)
 				m="$m, NOTIFY in transaction"

@@ -177,6 +177,10 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 		case PGC_NOTIFY:
 			on_notify(d, a, b);
 			break;
+		default:
+			tlog(LOG_ERROR, "unknown connection event ignored", "conn=%s event=%d", pgc_name(c),
+				 (int) ev);
+			break;
 	}
 }
 

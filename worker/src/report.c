@@ -181,9 +181,8 @@ batch_result(PgConn *c, const PGresult *res, void *arg)
 
 		if (ok == NULL)
 		{
-			/* Again at the next flush (unless batch_send already put it back). */
-			if (t->state == TASK_SENT)
-				(void) task_set_state(t, TASK_DONE);
+			/* Again at the next flush. */
+			(void) task_set_state(t, TASK_DONE);
 			continue;
 		}
 		/* ok is "{t,f,t}": element i sits at 1 + 2 * i. */
@@ -321,10 +320,14 @@ batch_send(Daemon *d, Report kind)
 					batch_result, b);
 	if (!sent)
 	{
-		/* Not ready: everything waits for the next flush. */
-		for (Task *t = d->tasks; t; t = t->next)
-			if (t->state == TASK_SENT && t->report == kind)
-				(void) task_set_state(t, TASK_DONE);
+		/*
+		 * Not ready: this batch's tasks wait for the next flush.  Only
+		 * this batch's: an earlier batch of the same kind may still be on
+		 * its way, and its tasks must stay in TASK_SENT, which nothing
+		 * frees before its callback runs.
+		 */
+		for (int j = 0; j < b->n; j++)
+			(void) task_set_state(b->tasks[j], TASK_DONE);
 		free(b->tasks);
 		free(b);
 	}

@@ -14,6 +14,7 @@
  *	              outcomes are flushed, for drain_timeout (at least 5 s)
  *	RUN_DONE      the loop ends
  *
+ * Every change goes through run_state_set, forward only.
  * stop_maybe_finish moves on once nothing runs (DRAINING) and nothing is
  * left to report (STOPPING); the other files call it whenever a task ends
  * or a batch comes back.
@@ -32,6 +33,26 @@
 static void stop_begin(Daemon *d, bool fast);
 
 /*
+ * Every change of Daemon.run_state: only forward (ACTIVE, DRAINING,
+ * STOPPING, DONE; a fast stop skips DRAINING).  A change backward is a
+ * bug: logged and refused.
+ */
+static bool
+run_state_set(Daemon *d, RunState to)
+{
+	static const char *const names[] = {"active", "draining", "stopping", "done"};
+
+	if (to <= d->run_state)
+	{
+		tlog(LOG_ERROR, "illegal run state change refused", "from=%s to=%s", names[d->run_state],
+			 names[to]);
+		return false;
+	}
+	d->run_state = to;
+	return true;
+}
+
+/*
  * Moves on once nothing runs (a drain becomes a stop) and ends the loop
  * once nothing is left to report either.
  */
@@ -43,7 +64,7 @@ stop_maybe_finish(Daemon *d)
 	if (d->run_state == RUN_STOPPING && d->running == 0 && d->waiting == 0)
 	{
 		tlog(LOG_INFO, "stopped", "worker=%s", kvq(d->worker));
-		d->run_state = RUN_DONE;
+		(void) run_state_set(d, RUN_DONE);
 		ev_break(d->loop, EVBREAK_ALL);
 	}
 }
@@ -59,7 +80,7 @@ stop_begin(Daemon *d, bool fast)
 
 	if (d->run_state != RUN_STOPPING)
 	{
-		d->run_state = RUN_STOPPING;
+		(void) run_state_set(d, RUN_STOPPING);
 		ev_idle_stop(d->loop, &d->lease_idle);
 		ev_timer_stop(d->loop, &d->poll_timer);
 		/* The last flush gets this long; then tq reclaims what is left. */
@@ -108,7 +129,7 @@ stop_timer_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			 "could not report every outcome before stopping; tq will reclaim those tasks when "
 			 "their leases expire",
 			 "running=%d unreported=%d", d->running, d->waiting);
-		d->run_state = RUN_DONE;
+		(void) run_state_set(d, RUN_DONE);
 		ev_break(loop, EVBREAK_ALL);
 	}
 }
@@ -123,7 +144,7 @@ signal_term_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	{
 		tlog(LOG_INFO, "SIGTERM: draining", "running=%d drain_timeout=%g", d->running,
 			 d->config->drain_timeout);
-		d->run_state = RUN_DRAINING;
+		(void) run_state_set(d, RUN_DRAINING);
 		ev_idle_stop(loop, &d->lease_idle);
 		ev_timer_stop(loop, &d->poll_timer);
 		ev_timer_set(&d->stop_timer, d->config->drain_timeout, 0.);

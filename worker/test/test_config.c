@@ -162,7 +162,7 @@ line_fails(Config *(*load)(const char *, char *, size_t), int lineno, const char
 #define exec_key_fails(line, want) line_fails(with_exec_key, 4, (line), (want))
 
 /*
- * The defaults, as the brief states them (not read from config.c's
+ * The defaults, as README and tqd.conf.sample state them (not read from config.c's
  * table, so that a changed default is a visible decision).
  */
 static void
@@ -199,7 +199,7 @@ check_queue_defaults(const QueueConf *q, const char *what)
 	is_int(q->throttled_exit, 69, "%s: throttled_exit", what);
 }
 
-/* Every key the brief names, in [tqd] then [queue:NAME]. */
+/* Every key README documents, in [tqd] then [queue:NAME]. */
 static const char *const global_keys[] = {
 	"conninfo",        "worker_name",        "slots",          "lease_batch",   "flush_interval",
 	"poll_interval",   "heartbeat_interval", "drain_timeout",  "reconnect_min", "reconnect_max",
