@@ -8,6 +8,7 @@
  * - A batch that names the same (id, attempt) twice acts on it once, for
  *   its first occurrence, and reports only that one as acted on.
  * - Batch arrays must be one-dimensional, with tq's own error.
+ * - tq_schedule and tq_unschedule call only pg_cron's own objects.
  * - A task reclaimed after a lost lease keeps its place in line: the
  *   failed attempt's backoff still applies, but then it is dispatched with
  *   the key it already had, not behind the work submitted since.
@@ -444,6 +445,134 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION tq.reclaim(integer) IS 'Treats running tasks whose lease expired as failed attempts (retried after a backoff, keeping their place in line, or dead); returns how many.';
+
+------------------------------------------------------------------------------
+-- Periodic tasks call only pg_cron's own objects
+------------------------------------------------------------------------------
+
+/*
+ * tq_schedule and tq_unschedule run as the extension's owner.  They found
+ * cron.schedule by name: a tq_admin able to create a schema named cron
+ * (in a database without pg_cron) had their own function run with the
+ * owner's rights.  Now the objects must belong to the pg_cron extension
+ * and be owned by a superuser, and the calls name exact argument types.
+ */
+-- Raises the error for a database without pg_cron, or with impostors of its
+-- objects.
+CREATE OR REPLACE FUNCTION tq.require_pg_cron() RETURNS void
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ext oid;
+    bad text;
+BEGIN
+    SELECT e.oid INTO ext FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_cron';
+    IF ext IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+            MESSAGE = 'periodic tasks need the pg_cron extension in this database',
+            DETAIL = 'tq_schedule creates pg_cron jobs; pg_cron is not installed here.',
+            HINT = 'Install postgresql-15-cron, add pg_cron to shared_preload_libraries, set cron.database_name to this database, restart, then CREATE EXTENSION pg_cron.';
+    END IF;
+    -- tq_schedule and tq_unschedule run as the extension's owner: what they
+    -- call must be pg_cron's own objects, owned by a superuser, not
+    -- something of the same name that a role able to create a schema made.
+    SELECT o.what INTO bad
+      FROM (VALUES ('cron.schedule(text,text,text)', 'pg_catalog.pg_proc'::pg_catalog.regclass,
+                    pg_catalog.to_regprocedure('cron.schedule(text,text,text)')::oid),
+                   ('cron.unschedule(name)', 'pg_catalog.pg_proc'::pg_catalog.regclass,
+                    pg_catalog.to_regprocedure('cron.unschedule(name)')::oid),
+                   ('cron.job', 'pg_catalog.pg_class'::pg_catalog.regclass,
+                    pg_catalog.to_regclass('cron.job')::oid)) AS o(what, cls, obj)
+     WHERE o.obj IS NULL
+        OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                        WHERE d.classid = o.cls AND d.objid = o.obj AND d.deptype = 'e'
+                          AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                          AND d.refobjid = ext)
+        OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                        WHERE r.rolsuper
+                          AND r.oid = CASE WHEN o.cls = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                           THEN (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = o.obj)
+                                           ELSE (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = o.obj) END)
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('%s is not pg_cron''s', bad),
+            DETAIL = 'tq calls only objects that belong to the pg_cron extension and are owned by a superuser.',
+            HINT = 'Drop what stands in the way of pg_cron''s own objects, or install pg_cron as a superuser.';
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION tq.require_pg_cron() IS 'Raises a clear error unless pg_cron is installed in this database (0A000) and cron.schedule, cron.unschedule and cron.job are its own, owned by a superuser (42501).';
+
+CREATE OR REPLACE FUNCTION @extschema@.tq_schedule(
+    name text,
+    cron text,
+    queue text,
+    payload jsonb DEFAULT '{}',
+    priority integer DEFAULT 0,
+    tenant text DEFAULT NULL,
+    max_attempts integer DEFAULT NULL,
+    timeout interval DEFAULT NULL)
+    RETURNS bigint
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q tq.queue;
+    v_jobid bigint;
+BEGIN
+    PERFORM tq.check_name(name, 'schedule');
+    q := tq.get_queue(queue);
+    PERFORM tq.check_payload(payload);
+    PERFORM tq.check_submit(q, NULL, priority, tenant, max_attempts, timeout, NULL);
+    IF cron IS NULL OR btrim(cron) = '' THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'cron must not be empty',
+            HINT = 'Give a cron expression, for example ''*/5 * * * *'' for every five minutes.';
+    END IF;
+    PERFORM tq.require_pg_cron();
+    BEGIN
+        EXECUTE 'SELECT cron.schedule($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)'
+           INTO v_jobid
+          USING 'tq:' || name, cron, format('SELECT tq.fire_schedule(%L)', name);
+    EXCEPTION WHEN OTHERS THEN
+        IF SQLERRM LIKE 'invalid schedule%' THEN
+            RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+                MESSAGE = format('invalid cron expression "%s"', cron),
+                DETAIL = SQLERRM,
+                HINT = 'Use five fields (minute hour day month weekday), for example ''0 3 * * *'', or @daily and the like.';
+        END IF;
+        RAISE;
+    END;
+    INSERT INTO tq.schedule AS x (name, cron, queue, payload, priority, tenant, max_attempts, timeout, jobid)
+    VALUES (name, cron, q.name, payload, priority, tenant, max_attempts, timeout, v_jobid)
+    ON CONFLICT ON CONSTRAINT schedule_pkey DO UPDATE
+        SET cron = excluded.cron, queue = excluded.queue, payload = excluded.payload,
+            priority = excluded.priority, tenant = excluded.tenant,
+            max_attempts = excluded.max_attempts, timeout = excluded.timeout,
+            jobid = excluded.jobid, created_at = now();
+    RETURN v_jobid;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION @extschema@.tq_unschedule(name text)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'schedule name must not be null';
+    END IF;
+    PERFORM tq.require_pg_cron();
+    DELETE FROM tq.schedule x WHERE x.name = tq_unschedule.name;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM cron.job j WHERE j.jobname = 'tq:' || name;
+    IF FOUND THEN
+        EXECUTE 'SELECT cron.unschedule($1::pg_catalog.name)' USING 'tq:' || name;
+    END IF;
+    RETURN true;
+END
+$$;
 
 ------------------------------------------------------------------------------
 -- Privileges

@@ -2570,19 +2570,51 @@ COMMENT ON COLUMN tq.schedule.jobid IS 'The pg_cron job (cron.job.jobid).';
 COMMENT ON COLUMN tq.schedule.created_at IS 'When the schedule was created or last replaced.';
 SELECT pg_catalog.pg_extension_config_dump('tq.schedule', '');
 
--- Raises the error for a database without pg_cron.
+-- Raises the error for a database without pg_cron, or with impostors of its
+-- objects.
 CREATE FUNCTION tq.require_pg_cron() RETURNS void
-    LANGUAGE plpgsql STABLE AS $$
+    LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ext oid;
+    bad text;
 BEGIN
-    IF pg_catalog.to_regprocedure('cron.schedule(text,text,text)') IS NULL THEN
+    SELECT e.oid INTO ext FROM pg_catalog.pg_extension e WHERE e.extname = 'pg_cron';
+    IF ext IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
             MESSAGE = 'periodic tasks need the pg_cron extension in this database',
             DETAIL = 'tq_schedule creates pg_cron jobs; pg_cron is not installed here.',
             HINT = 'Install postgresql-15-cron, add pg_cron to shared_preload_libraries, set cron.database_name to this database, restart, then CREATE EXTENSION pg_cron.';
     END IF;
+    -- tq_schedule and tq_unschedule run as the extension's owner: what they
+    -- call must be pg_cron's own objects, owned by a superuser, not
+    -- something of the same name that a role able to create a schema made.
+    SELECT o.what INTO bad
+      FROM (VALUES ('cron.schedule(text,text,text)', 'pg_catalog.pg_proc'::pg_catalog.regclass,
+                    pg_catalog.to_regprocedure('cron.schedule(text,text,text)')::oid),
+                   ('cron.unschedule(name)', 'pg_catalog.pg_proc'::pg_catalog.regclass,
+                    pg_catalog.to_regprocedure('cron.unschedule(name)')::oid),
+                   ('cron.job', 'pg_catalog.pg_class'::pg_catalog.regclass,
+                    pg_catalog.to_regclass('cron.job')::oid)) AS o(what, cls, obj)
+     WHERE o.obj IS NULL
+        OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                        WHERE d.classid = o.cls AND d.objid = o.obj AND d.deptype = 'e'
+                          AND d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                          AND d.refobjid = ext)
+        OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                        WHERE r.rolsuper
+                          AND r.oid = CASE WHEN o.cls = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                           THEN (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = o.obj)
+                                           ELSE (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = o.obj) END)
+     LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+            MESSAGE = format('%s is not pg_cron''s', bad),
+            DETAIL = 'tq calls only objects that belong to the pg_cron extension and are owned by a superuser.',
+            HINT = 'Drop what stands in the way of pg_cron''s own objects, or install pg_cron as a superuser.';
+    END IF;
 END
 $$;
-COMMENT ON FUNCTION tq.require_pg_cron() IS 'Raises a clear error (0A000) unless pg_cron is installed in this database.';
+COMMENT ON FUNCTION tq.require_pg_cron() IS 'Raises a clear error unless pg_cron is installed in this database (0A000) and cron.schedule, cron.unschedule and cron.job are its own, owned by a superuser (42501).';
 
 /*
  * One firing: submit the schedule's task with the dedup key of this
@@ -2633,7 +2665,7 @@ BEGIN
     END IF;
     PERFORM tq.require_pg_cron();
     BEGIN
-        EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+        EXECUTE 'SELECT cron.schedule($1::pg_catalog.text, $2::pg_catalog.text, $3::pg_catalog.text)'
            INTO v_jobid
           USING 'tq:' || name, cron, format('SELECT tq.fire_schedule(%L)', name);
     EXCEPTION WHEN OTHERS THEN
@@ -2673,7 +2705,7 @@ BEGIN
     END IF;
     PERFORM 1 FROM cron.job j WHERE j.jobname = 'tq:' || name;
     IF FOUND THEN
-        EXECUTE 'SELECT cron.unschedule($1)' USING 'tq:' || name;
+        EXECUTE 'SELECT cron.unschedule($1::pg_catalog.name)' USING 'tq:' || name;
     END IF;
     RETURN true;
 END

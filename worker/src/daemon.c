@@ -113,13 +113,13 @@ on_notify(Daemon *d, const char *channel, const char *payload)
 		{
 			Task *t = task_find(d, (long long) json_integer_value(id));
 
+			/*
+			 * Only a hint: any role may NOTIFY tq_cancel.  The heartbeat's
+			 * answer says whether tq_cancel really asked, and stops it.
+			 */
 			if (t != NULL && t->attempt == (int) json_integer_value(att) &&
 				t->state == TASK_RUNNING)
-			{
-				tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d",
-					 t->id, kvq(t->queue->name), t->attempt);
-				task_stop(t, REPORT_RELEASE);
-			}
+				heartbeat_soon(d);
 		}
 		if (v)
 			json_decref(v);

@@ -207,6 +207,7 @@ struct Daemon
 	int running;        /* tasks in TASK_RUNNING (kept by task_set_state) */
 	int waiting;        /* tasks in TASK_DONE or TASK_SENT (likewise) */
 	int heartbeats;     /* heartbeat calls on their way */
+	bool hb_again;      /* heartbeat_soon while one was on its way */
 	double flush_retry; /* s: delay before resending refused batches; 0 after a success */
 
 	ev_idle lease_idle;    /* lease soon, once per loop turn */
@@ -287,6 +288,8 @@ extern void report_flush_cb(struct ev_loop *loop, ev_timer *w, int revents);
 /* The heartbeats' interval: heartbeat_interval, or a third of the shortest lease. */
 extern double heartbeat_every(Daemon *d);
 extern void heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents);
+/* Brings the next heartbeat forward, to confirm a tq_cancel notification. */
+extern void heartbeat_soon(Daemon *d);
 
 /* signals.c */
 

@@ -6,7 +6,9 @@
  *	  An answer names the tasks whose lease is lost (stopped, outcome
  *	  dropped) or that were cancelled (stopped, handed back).
  *
- * One heartbeat at most is on its way (Daemon.heartbeats).
+ * One heartbeat at most is on its way (Daemon.heartbeats).  A tq_cancel
+ * notification only brings the next one forward (heartbeat_soon): tqd
+ * stops a task only when the database's answer says it was cancelled.
  *
  * Ownership: an HbCall belongs to its query's callback, which frees it.
  */
@@ -95,6 +97,36 @@ heartbeat_result(PgConn *c, const PGresult *res, void *arg)
 	free(hc->ids);
 	free(hc->attempts);
 	free(hc);
+	if (d->hb_again)
+	{
+		d->hb_again = false;
+		if (res != NULL) /* NULL: the connection is gone; reconnecting catches up */
+			heartbeat_soon(d);
+	}
+}
+
+/*
+ * A heartbeat within HB_SOON seconds, unless one is due sooner: a
+ * tq_cancel notification is confirmed by the heartbeat's answer, since
+ * anyone can send one.  A flood of notifications cannot postpone the
+ * regular heartbeat (the timer is only ever brought forward) and makes at
+ * most one call per HB_SOON while one is on its way.
+ */
+#define HB_SOON 0.05
+
+void
+heartbeat_soon(Daemon *d)
+{
+	if (d->heartbeats > 0)
+	{
+		d->hb_again = true; /* right after the answer of the one on its way */
+		return;
+	}
+	if (ev_is_active(&d->hb_timer) && ev_timer_remaining(d->loop, &d->hb_timer) <= HB_SOON)
+		return;
+	ev_timer_stop(d->loop, &d->hb_timer);
+	ev_timer_set(&d->hb_timer, HB_SOON, heartbeat_every(d));
+	ev_timer_start(d->loop, &d->hb_timer);
 }
 
 /*
