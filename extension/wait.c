@@ -27,6 +27,9 @@
  * late or a spurious check, never a wrong answer: the answer always comes
  * from the check, never from the signal.
  *
+ * A slot is given back when the wait ends, by any error, or by the
+ * backend's exit (wait_exit, for a FATAL such as pg_terminate_backend).
+ *
  * Locking: one spinlock guards the slots' (database, task) fields, held
  * only to claim, release or scan them; condition variables are broadcast
  * after it is released.  nwaiting (atomic) lets a committing transaction
@@ -45,6 +48,7 @@
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/condition_variable.h"
+#include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "utils/array.h"
@@ -77,6 +81,25 @@ static int64 *finished = NULL;
 static int nfinished = 0;
 static int finished_cap = 0;
 static bool callback_registered = false;
+
+/*
+ * The slot this backend holds while it waits.  A backend ended while it
+ * sleeps (pg_terminate_backend: a FATAL, which runs no PG_FINALLY) gives
+ * it back on its way out, in wait_exit: without that, every terminated
+ * waiter leaked a slot until the server restarted, and tq_wait failed for
+ * everyone once all were gone.
+ */
+static WaitSlot *my_slot = NULL;
+static bool exit_registered = false;
+
+static void release_slot(WaitSlot *s);
+
+static void
+wait_exit(int code, Datum arg)
+{
+	if (my_slot != NULL)
+		release_slot(my_slot);
+}
 
 PG_FUNCTION_INFO_V1(tq_note_finished);
 PG_FUNCTION_INFO_V1(tq_wait_done);
@@ -239,6 +262,11 @@ claim_slot(int64 task_id)
 {
 	WaitSlot *got = NULL;
 
+	if (!exit_registered)
+	{
+		before_shmem_exit(wait_exit, (Datum) 0);
+		exit_registered = true;
+	}
 	SpinLockAcquire(&waits->mutex);
 	for (int i = 0; i < waits->nslots; i++)
 	{
@@ -258,6 +286,7 @@ claim_slot(int64 task_id)
 						errhint("Each backend waits for one task at a time; this should not "
 								"happen unless backends leak slots.")));
 	pg_atomic_fetch_add_u32(&waits->nwaiting, 1);
+	my_slot = got;
 	return got;
 }
 
@@ -269,6 +298,8 @@ release_slot(WaitSlot *s)
 	s->task_id = 0;
 	SpinLockRelease(&waits->mutex);
 	pg_atomic_fetch_sub_u32(&waits->nwaiting, 1);
+	if (s == my_slot)
+		my_slot = NULL;
 }
 
 /*

@@ -9,6 +9,9 @@
 #   2. A role with no tq rights sends NOTIFY tq_cancel for a running task,
 #      again and again: the task is not stopped and succeeds at its first
 #      attempt.  A real tq_cancel still stops a running task.
+#   3. Sessions waiting in tq_wait are terminated, more in all than there
+#      are wait slots: tq_wait still works for everyone (a terminated
+#      waiter used to keep its slot until a restart).
 #
 # Every wait polls a condition with a deadline.
 use strict;
@@ -16,6 +19,7 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::Bin;
+use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -26,6 +30,9 @@ my $src = $ENV{TQ_SRCDIR} or die "TQ_SRCDIR is not set (run through test/run-tes
 my $tqd = $ENV{TQ_TQD_BIN} // "$src/worker/tqd";
 
 my $node = tq_node('security', '100ms');
+# Few backends, so that terminated waiters would use up every wait slot.
+$node->append_conf('postgresql.conf', "max_connections = 20\nmax_wal_senders = 0\nmax_worker_processes = 4\n");
+$node->restart;
 my $dir = PostgreSQL::Test::Utils::tempdir();
 TqdHarness::setup(node => $node, dir => $dir, tqd => $tqd);
 
@@ -118,4 +125,33 @@ ok(poll_log('a', qr/msg="task cancelled: stopping it" task=$t2 /), 'tqd stopped 
 
 kill 'TERM', tqd_pid('a');
 is(TqdHarness::wait_exit('a', 30), 0, 'tqd drains and exits 0');
+# ---------------------------------------------------------------------------
+# 3. Waiters terminated: slots come back.
+my $slots = sq(q{SELECT current_setting('max_connections')::int + current_setting('autovacuum_max_workers')::int + 1
+                      + current_setting('max_worker_processes')::int + current_setting('max_wal_senders')::int});
+sq(q{SELECT tq_create_queue('never')});
+my $never = sq(q{SELECT tq_submit('never', '{}')});
+my $ended = 0;
+my $round = 0;
+while ($ended <= $slots && $round < 10)
+{
+	$round++;
+	my @h;
+	for (1 .. 12)
+	{
+		my ($o, $e) = ('', '');
+		push @h, IPC::Run::start([ 'psql', '-X', '-d', $node->connstr('postgres'), '-c',
+				"SELECT tq_wait($never, '5 minutes')" ], '>', \$o, '2>', \$e);
+	}
+	ok(poll(q{SELECT count(*) = 12 FROM pg_stat_activity WHERE query LIKE 'SELECT tq_wait%' AND wait_event = 'Extension'}, 30),
+		"round $round: 12 sessions wait in tq_wait");
+	sq(q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'SELECT tq_wait%' AND pid <> pg_backend_pid()});
+	$_->finish for @h;
+	$ended += 12;
+}
+ok($ended > $slots, "more waiters were terminated ($ended) than there are wait slots ($slots)");
+($rc, $out, $err) = $node->psql('postgres', qq{SELECT (tq_wait($never, '100 ms')).state});
+is($rc, 0, 'tq_wait still works afterwards') or diag($err);
+is($out, 'ready', '... and answers the task\'s state');
+
 done_testing();
