@@ -68,16 +68,7 @@ BEGIN
 END
 $$;
 });
-my $host = $node->host;
-my $port = $node->port;
-my $conf = "$dir/tqd.conf";
-open(my $fh, '>', $conf) or die "$conf: $!";
-print $fh <<"EOF";
-[tqd]
-conninfo = host=$host port=$port dbname=postgres
-slots = 4
-flush_interval = 5ms
-poll_interval = 200ms
+my $conf = tqd_conf('tqd.conf', <<"EOF");
 reconnect_min = 50ms
 reconnect_max = 500ms
 
@@ -89,7 +80,6 @@ command = /bin/cat
 handler = sql
 function = public.loud
 EOF
-close($fh);
 start_tqd('a', $conf);
 ok(started('a'), 'tqd connected');
 my $ok1 = sq(q{SELECT tq_submit('nofd', '{"n": 1}')});

@@ -77,23 +77,13 @@ sq(q{
 CREATE ROLE nobody1 LOGIN;
 SELECT tq_create_queue('slow', lease => '1 minute');
 });
-my $host = $node->host;
-my $port = $node->port;
-my $conf = "$dir/tqd.conf";
-open(my $fh, '>', $conf) or die "$conf: $!";
-print $fh <<"EOF";
-[tqd]
-conninfo = host=$host port=$port dbname=postgres
-slots = 4
-flush_interval = 5ms
-poll_interval = 200ms
+my $conf = tqd_conf('tqd.conf', <<"EOF");
 heartbeat_interval = 10s
 
 [queue:slow]
 handler = exec
 command = /bin/sleep 2
 EOF
-close($fh);
 start_tqd('a', $conf);
 ok(started('a'), 'tqd connected');
 

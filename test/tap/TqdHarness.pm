@@ -11,6 +11,9 @@
 #   wait_exit($name, $secs)   its exit status (128 + signal), undef on timeout
 #   tqd_log($name), poll_log($name, $re), poll_count($name, $re, $n)
 #   sq($sql), poll($sql, $secs)  queries on the node; poll waits for 't'
+#   tqd_conf($name, $text)   $dir/$name: a [tqd] section that connects to
+#                             the node (quick flushes and polls, 4 slots),
+#                             then $text (more [tqd] keys, queues); its path
 #   start_httpd($name, @args) worker/test/tqtest_httpd (the http handler's
 #                             test server) with @args; its port.  httpd_port,
 #                             httpd_log($name): its port, its request log
@@ -31,7 +34,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(tq_node start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
+our @EXPORT = qw(tq_node tqd_conf start_tqd tqd_pid started wait_exit tqd_log poll_log poll_count sq poll
   no_sanitizer_reports start_httpd httpd_port httpd_log);
 
 my %opt;
@@ -85,6 +88,18 @@ sub start_tqd
 	}
 	$procs{$name} = { pid => $pid, log => $log };
 	return $pid;
+}
+
+sub tqd_conf
+{
+	my ($name, $text) = @_;
+	my $path = "$opt{dir}/$name";
+	my ($host, $port) = ($opt{node}->host, $opt{node}->port);
+	open(my $fh, '>', $path) or die "$path: $!";
+	print $fh "[tqd]\nconninfo = host=$host port=$port dbname=postgres\nslots = 4\n"
+	  . "flush_interval = 5ms\npoll_interval = 200ms\n$text";
+	close($fh);
+	return $path;
 }
 
 sub tqd_pid { return $procs{ $_[0] }{pid}; }
