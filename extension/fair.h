@@ -51,6 +51,7 @@
 #define KIND_QUEUE 0
 #define KIND_NULL_TENANT 1
 #define KIND_TENANT 2
+#define KIND_OVERFLOW 3 /* a queue's tenants without an entry of their own, together */
 
 typedef struct FairKey
 {
@@ -65,6 +66,7 @@ typedef struct FairEntry
 	FairKey key;
 	/* policy, copied from tq.queue / tq.tenant */
 	bool policy_loaded;
+	bool keep;           /* tenants: has a policy row, or not read yet: never folded */
 	double weight;       /* tenants: share of the queue */
 	double rate;         /* tokens per second; 0 = no limit */
 	double burst;        /* bucket size */
@@ -112,6 +114,10 @@ typedef struct FairShared
 	TimestampTz last_evict_scan;
 	bool idle_since_scan; /* a tenant entry went idle since the last scan */
 	int nheld;            /* entries with held set */
+	/* the table being full, for tq_shared_usage (see "Capacity" in fair_entry.c) */
+	int64 full_events;        /* times an entry was wanted and the table was full */
+	TimestampTz last_full_at; /* the last of them */
+	int64 folds;              /* tenant entries folded into an overflow entry */
 } FairShared;
 
 extern FairShared *fair_shared;
@@ -133,6 +139,7 @@ extern const char *const fair_state_names[NSTATES];
 
 /* fair_entry.c: entries; the lock is held where a comment says so. */
 extern void fair_make_key(FairKey *k, const char *queue, const char *tenant, bool queue_entry);
+extern void fair_overflow_key(FairKey *ok, const FairKey *k);
 extern bool fair_entry_idle(const FairEntry *e);
 extern double fair_tokens_now(const FairEntry *e, TimestampTz now);
 extern double fair_room_now(const FairEntry *e, TimestampTz now);
@@ -140,7 +147,8 @@ extern void fair_take_token(FairEntry *e, TimestampTz now);
 extern void fair_count_lease(FairEntry *e, TimestampTz now);
 extern double fair_drain_rate(const FairEntry *e, TimestampTz now);
 extern void fair_log_full(void);
-extern FairEntry *fair_enter(const FairKey *k, TimestampTz now, bool *full);
+extern FairEntry *fair_enter(const FairKey *k, bool must, TimestampTz now);
+extern void fair_refuse_no_room(const FairKey *k);
 extern double fair_clamp(double v, double lo, double hi, double dflt);
 extern void fair_lock_entries(const char *queue, const char *tenant, bool want_tenant,
 							  FairEntry **qe, FairEntry **te, TimestampTz now);

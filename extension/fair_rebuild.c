@@ -12,8 +12,11 @@
  * because every change passes through the trigger (fair_trigger.c) first.
  * Start tags are computed in C, not SQL: float8 arithmetic in SQL raises
  * on underflow, and one queue's odd priority_aging must not stop every
- * queue of the database.  Token buckets start full.  CREATE and ALTER
- * EXTENSION reset a database's entries (tq.reset_shared).
+ * queue of the database.  Token buckets start full.  Entries that must
+ * exist (queues, tenants with a policy row) are made first; tenants
+ * without a policy then get entries while there is room, and beyond it are
+ * counted in their queue's overflow entry (fair_entry.c, "Capacity").
+ * CREATE and ALTER EXTENSION reset a database's entries (tq.reset_shared).
  *
  * Databases.  At most TQ_MAX_DBS databases have state at once; the slot of
  * a dropped database is reclaimed when one is needed.
@@ -153,6 +156,7 @@ rebuild_drop_db_entries(void)
 typedef struct RebuildRow
 {
 	FairKey key;
+	bool configured; /* the tenant has a policy row */
 	int state;
 	int64 n;
 	double maxkey;
@@ -184,6 +188,49 @@ rebuild_aging(const char *queue, double aging, char **warned)
 	return sane;
 }
 
+/*
+ * Counts a row of the rebuild into its queue's entry and its tenant's
+ * (the overflow entry for a tenant without a policy, when the table is
+ * full).  Caller holds the lock exclusively.  False when an entry that
+ * must exist found no room: *refused says which.
+ */
+static bool
+rebuild_count_row(const RebuildRow *r, TimestampTz now, FairKey *refused)
+{
+	FairEntry *qe, *te;
+
+	fair_make_key(refused, r->key.queue, NULL, true);
+	qe = fair_enter(refused, true, now);
+	if (qe == NULL)
+		return false;
+	*refused = r->key;
+	te = fair_enter(refused, r->configured, now);
+	if (te == NULL && !r->configured)
+	{
+		fair_overflow_key(refused, &r->key);
+		te = fair_enter(refused, true, now);
+	}
+	if (te == NULL)
+		return false;
+	if (te->key.kind != KIND_OVERFLOW && !te->policy_loaded)
+		te->keep = r->configured;
+	qe->count[r->state] += r->n;
+	/* V: the highest key claimed (running), else the lowest ready. */
+	if (r->state == ST_RUNNING && r->has_max)
+		qe->vclock = Max(qe->vclock, r->maxkey);
+	te->count[r->state] += r->n;
+	if (r->has_max)
+		te->vclock = Max(te->vclock, r->maxkey + 1.0);
+	/* Parked tasks wait for their tenant's room; overflow tenants have no limits. */
+	if (r->state == ST_PAUSED && !te->held && te->key.kind != KIND_OVERFLOW)
+	{
+		te->held = true;
+		te->held_gen++;
+		fair_shared->nheld++;
+	}
+	return true;
+}
+
 static void
 rebuild_from_tasks(void)
 {
@@ -191,7 +238,10 @@ rebuild_from_tasks(void)
 	List *rows = NIL;
 	ListCell *lc;
 	TimestampTz now = GetCurrentTimestamp();
-	bool full = false;
+	bool full;
+	int64 events;
+	bool refused = false;
+	FairKey refused_key;
 	MemoryContext oldcxt = CurrentMemoryContext;
 	MemoryContext spicxt;
 	RebuildRow *r = NULL;
@@ -206,12 +256,15 @@ rebuild_from_tasks(void)
 	 * of every queue.  Rows come per (queue, tenant, state, priority),
 	 * sorted, and are merged per (queue, tenant, state).
 	 */
-	ret = SPI_execute("SELECT t.queue, t.tenant, pg_catalog.text(t.state), t.priority,"
-					  " pg_catalog.count(*), pg_catalog.max(t.vkey), pg_catalog.min(t.vkey),"
-					  " q.priority_aging::pg_catalog.float8"
-					  " FROM tq.task t JOIN tq.queue q ON q.name OPERATOR(pg_catalog.=) t.queue"
-					  " GROUP BY 1, 2, 3, 4, 8 ORDER BY 1, 2, 3",
-					  true, 0);
+	ret =
+		SPI_execute("SELECT t.queue, t.tenant, pg_catalog.text(t.state), t.priority,"
+					" pg_catalog.count(*), pg_catalog.max(t.vkey), pg_catalog.min(t.vkey),"
+					" q.priority_aging::pg_catalog.float8,"
+					" EXISTS (SELECT FROM tq.tenant p WHERE p.queue OPERATOR(pg_catalog.=) t.queue"
+					"         AND p.tenant OPERATOR(pg_catalog.=) t.tenant)"
+					" FROM tq.task t JOIN tq.queue q ON q.name OPERATOR(pg_catalog.=) t.queue"
+					" GROUP BY 1, 2, 3, 4, 8 ORDER BY 1, 2, 3",
+					true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "tq: rebuilding shared state failed: %s", SPI_result_code_string(ret));
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -241,6 +294,7 @@ rebuild_from_tasks(void)
 			r = MemoryContextAllocZero(oldcxt, sizeof(RebuildRow));
 			r->key = k;
 			r->state = st;
+			r->configured = DatumGetBool(SPI_getbinval(t, td, 9, &isnull));
 			MemoryContextSwitchTo(oldcxt);
 			rows = lappend(rows, r);
 			MemoryContextSwitchTo(spicxt);
@@ -265,38 +319,23 @@ rebuild_from_tasks(void)
 
 	LWLockAcquire(fair_shared->lock, LW_EXCLUSIVE);
 	rebuild_drop_db_entries();
-	foreach (lc, rows)
-	{
-		RebuildRow *r = lfirst(lc);
-		FairKey qk;
-		FairEntry *qe;
-		FairEntry *te;
+	events = fair_shared->full_events;
+	/*
+	 * Entries that must exist first (queues, tenants with a policy), then
+	 * the others while there is room, and their queue's overflow entry
+	 * beyond it (fair_entry.c, "Capacity").
+	 */
+	for (int pass = 0; pass < 2 && !refused; pass++)
+		foreach (lc, rows)
+		{
+			RebuildRow *r = lfirst(lc);
 
-		if (r->state < 0)
-			continue;
-		fair_make_key(&qk, r->key.queue, NULL, true);
-		qe = fair_enter(&qk, now, &full);
-		te = fair_enter(&r->key, now, &full);
-		if (qe != NULL)
-		{
-			qe->count[r->state] += r->n;
-			/* V: the highest key claimed (running), else the lowest ready. */
-			if (r->state == ST_RUNNING && r->has_max)
-				qe->vclock = Max(qe->vclock, r->maxkey);
+			if (r->state < 0 || r->configured != (pass == 0))
+				continue;
+			refused = !rebuild_count_row(r, now, &refused_key);
+			if (refused)
+				break;
 		}
-		if (te != NULL)
-		{
-			te->count[r->state] += r->n;
-			if (r->has_max)
-				te->vclock = Max(te->vclock, r->maxkey + 1.0);
-			if (r->state == ST_PAUSED && !te->held)
-			{
-				te->held = true;
-				te->held_gen++;
-				fair_shared->nheld++;
-			}
-		}
-	}
 	/*
 	 * V: the highest start tag running (set above), but at least the
 	 * lowest ready one over all tenants of the queue -- a long job claimed
@@ -324,9 +363,12 @@ rebuild_from_tasks(void)
 		if (qe != NULL)
 			qe->vclock = Max(qe->vclock, lowest);
 	}
+	full = fair_shared->full_events != events;
 	LWLockRelease(fair_shared->lock);
 	if (full)
 		fair_log_full();
+	if (refused)
+		fair_refuse_no_room(&refused_key);
 }
 
 /*

@@ -29,9 +29,10 @@ PG_FUNCTION_INFO_V1(tq_activity);
 /*
  * tq.shared_counts() returns setof record
  *
- * Every entry of this database: (queue, tenant, is_queue, scheduled,
- * ready, paused, running, leased, lease_rate, held, weight, rate, burst,
- * concurrency, backlog_limit, vclock, tokens).
+ * Every entry of this database but the overflow entries: (queue,
+ * tenant, is_queue, scheduled, ready, paused, running, leased,
+ * lease_rate, held, weight, rate, burst, concurrency, backlog_limit,
+ * vclock, tokens).
  */
 Datum
 tq_shared_counts(PG_FUNCTION_ARGS)
@@ -53,7 +54,8 @@ tq_shared_counts(PG_FUNCTION_ARGS)
 	hash_seq_init(&seq, fair_hash);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (e->key.dboid != MyDatabaseId)
+		/* Overflow entries are no tenant's: tq_shared_usage counts them. */
+		if (e->key.dboid != MyDatabaseId || e->key.kind == KIND_OVERFLOW)
 			continue;
 		if (n == cap)
 		{
@@ -93,6 +95,33 @@ tq_shared_counts(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * The entries' use, for tq_shared_usage (shmem.c): all databases, since
+ * the server started.  overflow is the live tasks counted in overflow
+ * entries.
+ */
+void
+tq_fair_usage(TqUsage *u)
+{
+	HASH_SEQ_STATUS seq;
+	FairEntry *e;
+
+	memset(u, 0, sizeof(TqUsage));
+	u->capacity = tq_max_tenants;
+	if (fair_shared == NULL)
+		return;
+	LWLockAcquire(fair_shared->lock, LW_SHARED);
+	u->used = hash_get_num_entries(fair_hash);
+	u->full_events = fair_shared->full_events;
+	u->last_full_at = fair_shared->last_full_at;
+	hash_seq_init(&seq, fair_hash);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (e->key.kind == KIND_OVERFLOW)
+			for (int s = 0; s < NSTATES; s++)
+				u->overflow += e->count[s];
+	LWLockRelease(fair_shared->lock);
 }
 
 /*

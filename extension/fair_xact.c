@@ -13,10 +13,14 @@
  * sits in a small hash per transaction (one slot per entry and
  * subtransaction, however many rows).  PREPARE TRANSACTION of a
  * transaction that changed tasks is refused: its accounting would be
- * orphaned.
+ * orphaned.  A slot of a tenant entry folded since into its queue's
+ * overflow entry is settled there, and a tenant entry that gives up more
+ * than it counts takes the rest from the overflow entry (fair_entry.c,
+ * "Capacity"), so that the sum over a queue's tenants stays its count.
  *
  * Also here: policy changes (tq.policy_changed: entries re-read at once
- * and again when the transaction ends) and per-minute activity counts
+ * and again when the transaction ends; a tenant given a policy gets its
+ * entry at once) and per-minute activity counts
  * (tq_fair_note_activity, tq.forget_activity), added at commit.
  *
  * Locking.  fair_shared->lock, as fair_entry.c describes: taken exclusively when a
@@ -263,11 +267,15 @@ acct_invalidate(const FairKey *k)
 		/* A queue created, altered or dropped: all its entries re-read. */
 		hash_seq_init(&seq, fair_hash);
 		while ((e = hash_seq_search(&seq)) != NULL)
-			if (e->key.dboid == k->dboid && strcmp(e->key.queue, k->queue) == 0)
+			if (e->key.dboid == k->dboid && strcmp(e->key.queue, k->queue) == 0 &&
+				e->key.kind != KIND_OVERFLOW)
 				e->policy_loaded = false;
 	}
 	else if ((e = hash_search(fair_hash, k, HASH_FIND, NULL)) != NULL)
+	{
 		e->policy_loaded = false;
+		e->keep = true; /* it may have a policy now: not folded until it is read */
+	}
 }
 
 /* At transaction end: re-read the policies the transaction touched. */
@@ -284,8 +292,12 @@ acct_settle_invalidations(void)
 	{
 		hash_seq_init(&seq, fair_hash);
 		while ((e = hash_seq_search(&seq)) != NULL)
-			if (e->key.dboid == MyDatabaseId)
+			if (e->key.dboid == MyDatabaseId && e->key.kind != KIND_OVERFLOW)
+			{
 				e->policy_loaded = false;
+				if (e->key.kind == KIND_TENANT)
+					e->keep = true; /* as acct_invalidate */
+			}
 	}
 	else
 		for (int i = 0; i < acct_npending_inval; i++)
@@ -323,6 +335,51 @@ acct_reset(void)
 	fair_parked_in_xact = 0;
 }
 
+/* The overflow entry of k's queue, or NULL.  Caller holds the lock. */
+static FairEntry *
+acct_overflow_of(const FairKey *k)
+{
+	FairKey ok;
+
+	if (k->kind == KIND_OVERFLOW)
+		return NULL;
+	fair_overflow_key(&ok, k);
+	return hash_search(fair_hash, &ok, HASH_FIND, NULL);
+}
+
+/*
+ * Takes a slot's decrements from e: those made at commit, or the
+ * increments undone at abort.  A tenant entry that counts fewer tasks in a
+ * state than it gives up had some of them counted in its queue's overflow
+ * entry (it was folded, then made again: fair_entry.c, "Capacity"): the
+ * rest is taken from there, so that the sum over the queue's tenants
+ * stays exact.  Caller holds the lock exclusively.
+ */
+static void
+acct_take_counts(FairEntry *e, const LocalAcct *a, bool commit)
+{
+	FairEntry *o = NULL;
+	bool looked = false;
+
+	for (int s = 0; s < NSTATES; s++)
+	{
+		int64 d = commit ? a->deferred[s] : a->applied[s]; /* to take away */
+
+		if (d > e->count[s] && e->key.kind != KIND_QUEUE && !looked)
+		{
+			o = acct_overflow_of(&e->key);
+			looked = true;
+		}
+		if (d > e->count[s] && o != NULL)
+			o->count[s] = Max(o->count[s] - (d - e->count[s]), 0);
+		e->count[s] = Max(e->count[s] - d, 0);
+	}
+	if (e->key.kind != KIND_QUEUE && fair_entry_idle(e))
+		fair_shared->idle_since_scan = true;
+	if (o != NULL && fair_entry_idle(o))
+		fair_shared->idle_since_scan = true;
+}
+
 /*
  * Applies (commit) or undoes (abort) the accounting in the local slots
  * selected by subid (InvalidSubTransactionId: all).  Must not fail.
@@ -347,16 +404,17 @@ acct_settle(bool commit, SubTransactionId subid)
 		if (subid != InvalidSubTransactionId && a->key.subid != subid)
 			continue;
 		e = hash_search(fair_hash, &a->key.fk, HASH_FIND, NULL);
-		if (e != NULL)
+		if (e == NULL && a->key.fk.kind != KIND_QUEUE)
 		{
-			for (int s = 0; s < NSTATES; s++)
-			{
-				int64 d = commit ? -a->deferred[s] : -a->applied[s];
+			/* Folded since (fair_entry.c, "Capacity"): its counts are there. */
+			FairEntry *o = acct_overflow_of(&a->key.fk);
 
-				e->count[s] = Max(e->count[s] + d, 0);
-			}
-			if (e->key.kind != KIND_QUEUE && fair_entry_idle(e))
-				fair_shared->idle_since_scan = true;
+			if (o != NULL)
+				acct_take_counts(o, a, commit);
+		}
+		else if (e != NULL)
+		{
+			acct_take_counts(e, a, commit);
 			if (commit && a->clear_held && e->held && e->held_gen == a->clear_gen)
 			{
 				e->held = false;
@@ -499,6 +557,19 @@ tq_policy_changed(PG_FUNCTION_ARGS)
 		acct_pending_inval[acct_npending_inval++] = k;
 	else
 		acct_pending_inval_all = true;
+	if (k.kind == KIND_TENANT)
+	{
+		FairEntry *qe, *te;
+
+		/*
+		 * The tenant's entry now, not at its next task: one counted in its
+		 * queue's overflow entry gets its tasks counted against its new
+		 * limits (fair_entry.c, "Capacity").
+		 */
+		fair_ensure_ready();
+		fair_lock_entries(k.queue, k.tenant, true, &qe, &te, GetCurrentTimestamp());
+		LWLockRelease(fair_shared->lock);
+	}
 	PG_RETURN_VOID();
 }
 

@@ -64,6 +64,7 @@
 PG_FUNCTION_INFO_V1(tq_wake);
 PG_FUNCTION_INFO_V1(tq_task_changed);
 PG_FUNCTION_INFO_V1(tq_worker_status);
+PG_FUNCTION_INFO_V1(tq_shared_usage);
 
 TqShared *tq_shared = NULL;
 bool tq_is_background_worker = false;
@@ -405,4 +406,52 @@ tq_worker_status(PG_FUNCTION_ARGS)
 	values[7] = Int64GetDatum(copy.worker_notifies);
 	values[8] = Int32GetDatum(copy.ready_all ? -1 : copy.nready);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/*
+ * tq.shared_usage() returns setof (name text, setting text, used bigint,
+ * capacity bigint, full_events bigint, last_full_at timestamptz,
+ * overflow bigint)
+ *
+ * The tables in shared memory that callers fill, cluster-wide: the
+ * fair-dispatch entries (fair_entry.c), the token buckets of
+ * tq_rate_consume (ratelimit.c) and the wait slots of tq_wait (wait.c).
+ * Each module copies its figures under its own lock.
+ */
+Datum
+tq_shared_usage(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	static const struct
+	{
+		const char *name;
+		const char *setting; /* NULL: one per backend, never full */
+		void (*read)(TqUsage *u);
+	} tables[] = {
+		{"tenants", "tq.max_tenants", tq_fair_usage},
+		{"rate_buckets", "tq.max_rate_keys", tq_rate_usage},
+		{"wait_slots", NULL, tq_wait_usage},
+	};
+
+	InitMaterializedSRF(fcinfo, 0);
+	for (int i = 0; i < lengthof(tables); i++)
+	{
+		TqUsage u;
+		Datum v[7];
+		bool nulls[7] = {0};
+
+		tables[i].read(&u);
+		v[0] = CStringGetTextDatum(tables[i].name);
+		v[1] = tables[i].setting ? CStringGetTextDatum(tables[i].setting) : (Datum) 0;
+		nulls[1] = tables[i].setting == NULL;
+		v[2] = Int64GetDatum(u.used);
+		v[3] = Int64GetDatum(u.capacity);
+		v[4] = Int64GetDatum(u.full_events);
+		v[5] = TimestampTzGetDatum(u.last_full_at);
+		nulls[5] = u.last_full_at == 0;
+		v[6] = Int64GetDatum(u.overflow);
+		nulls[6] = tables[i].read != tq_fair_usage;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+	}
+	return (Datum) 0;
 }

@@ -35,6 +35,7 @@ int tq_worker_naptime = 1000;
 int tq_worker_min_interval = 10;
 int tq_notify_interval = 2;
 int tq_max_rate_keys = 1024;
+int tq_max_rate_keys_per_role = 256;
 int tq_max_tenants = 20000;
 char *tq_traceparent = NULL;
 
@@ -107,12 +108,19 @@ _PG_init(void)
 		"when every bucket is in use.",
 		&tq_max_rate_keys, 1024, 16, 1000000, PGC_POSTMASTER, 0, NULL, NULL, NULL);
 
+	DefineCustomIntVariable("tq.max_rate_keys_per_role",
+							"Number of token buckets of tq_rate_consume one role may hold.",
+							"Each role has keys of its own; this keeps one role from taking "
+							"every bucket with buckets that refill slowly.",
+							&tq_max_rate_keys_per_role, 256, 1, 1000000, PGC_SIGHUP, 0, NULL, NULL,
+							NULL);
+
 	DefineCustomIntVariable("tq.max_tenants",
 							"Number of queues and (queue, tenant) pairs whose fair-dispatch state, "
 							"limits and counters shared memory holds.",
-							"Entries of tenants without live tasks are reused; beyond this, new "
-							"tenants are served without their own share and limits, and the server "
-							"log says so.",
+							"Entries of tenants without live tasks are reused; beyond this, "
+							"tenants without a policy share one overflow entry per queue, whose "
+							"limits still hold, and the server log says so.",
 							&tq_max_tenants, 20000, 64, 10000000, PGC_POSTMASTER, 0, NULL, NULL,
 							NULL);
 

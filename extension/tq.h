@@ -28,16 +28,17 @@
 #include "utils/timestamp.h"
 
 /* Settings (GUCs), defined in tq.c; all are named tq.<name>. */
-extern bool tq_producer_notify;     /* wake idle workers when tasks get ready */
-extern int tq_max_payload_size;     /* largest accepted payload, bytes */
-extern int tq_maintenance_interval; /* ms between maintenance passes */
-extern char *tq_database;           /* database the background worker serves */
-extern int tq_worker_naptime;       /* ms the worker sleeps at most */
-extern int tq_worker_min_interval;  /* ms between two housekeeping passes */
-extern int tq_max_rate_keys;        /* token buckets in shared memory */
-extern int tq_notify_interval;      /* ms between two notify passes */
-extern int tq_max_tenants;          /* fair-dispatch entries in shared memory */
-extern char *tq_traceparent;        /* traceparent of tasks submitted without one */
+extern bool tq_producer_notify;       /* wake idle workers when tasks get ready */
+extern int tq_max_payload_size;       /* largest accepted payload, bytes */
+extern int tq_maintenance_interval;   /* ms between maintenance passes */
+extern char *tq_database;             /* database the background worker serves */
+extern int tq_worker_naptime;         /* ms the worker sleeps at most */
+extern int tq_worker_min_interval;    /* ms between two housekeeping passes */
+extern int tq_max_rate_keys;          /* token buckets in shared memory */
+extern int tq_max_rate_keys_per_role; /* of which one role may hold */
+extern int tq_notify_interval;        /* ms between two notify passes */
+extern int tq_max_tenants;            /* fair-dispatch entries in shared memory */
+extern char *tq_traceparent;          /* traceparent of tasks submitted without one */
 
 /* Queues flagged ready between two worker passes, before ready_all. */
 #define TQ_READY_SLOTS 64
@@ -91,6 +92,19 @@ extern const char *tq_traceparent_problem(const char *s, int len);
 extern bool tq_traceparent_check_hook(char **newval, void **extra, GucSource source);
 extern Size tq_wait_shmem_size(void);
 extern void tq_wait_shmem_init(void);
+
+/* A table in shared memory that callers fill, as tq_shared_usage shows it (shmem.c). */
+typedef struct TqUsage
+{
+	int64 used;               /* entries in use now */
+	int64 capacity;           /* entries at most */
+	int64 full_events;        /* times a caller found it full, since the server started */
+	TimestampTz last_full_at; /* the last of them; 0: never */
+	int64 overflow;           /* tenants: live tasks counted in overflow entries */
+} TqUsage;
+extern void tq_fair_usage(TqUsage *u);
+extern void tq_rate_usage(TqUsage *u);
+extern void tq_wait_usage(TqUsage *u);
 
 /*
  * A token bucket's content at now: tokens at 'at', refilled at rate per

@@ -71,6 +71,8 @@ typedef struct WaitShared
 	slock_t mutex;             /* guards every slot's dboid and task_id */
 	pg_atomic_uint32 nwaiting; /* slots in use */
 	int nslots;
+	int64 refusals;           /* tq_wait calls that found no free slot (guarded by mutex) */
+	TimestampTz last_refusal; /* the last of them (guarded by mutex) */
 	WaitSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } WaitShared;
 
@@ -122,6 +124,8 @@ tq_wait_shmem_init(void)
 		SpinLockInit(&waits->mutex);
 		pg_atomic_init_u32(&waits->nwaiting, 0);
 		waits->nslots = MaxBackends;
+		waits->refusals = 0;
+		waits->last_refusal = 0;
 		for (int i = 0; i < waits->nslots; i++)
 		{
 			waits->slots[i].dboid = InvalidOid;
@@ -280,6 +284,15 @@ claim_slot(int64 task_id)
 	}
 	SpinLockRelease(&waits->mutex);
 	if (got == NULL)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		SpinLockAcquire(&waits->mutex);
+		waits->refusals++;
+		waits->last_refusal = now;
+		SpinLockRelease(&waits->mutex);
+	}
+	if (got == NULL)
 		ereport(ERROR, (errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 						errmsg("too many sessions are waiting for tasks"),
 						errdetail("All %d wait slots are in use.", waits->nslots),
@@ -288,6 +301,21 @@ claim_slot(int64 task_id)
 	pg_atomic_fetch_add_u32(&waits->nwaiting, 1);
 	my_slot = got;
 	return got;
+}
+
+/* The slots' use, for tq_shared_usage (shmem.c). */
+void
+tq_wait_usage(TqUsage *u)
+{
+	memset(u, 0, sizeof(TqUsage));
+	if (waits == NULL)
+		return;
+	SpinLockAcquire(&waits->mutex);
+	u->capacity = waits->nslots;
+	u->full_events = waits->refusals;
+	u->last_full_at = waits->last_refusal;
+	SpinLockRelease(&waits->mutex);
+	u->used = pg_atomic_read_u32(&waits->nwaiting);
 }
 
 static void

@@ -12,6 +12,10 @@
  * - A task reclaimed after a lost lease keeps its place in line: the
  *   failed attempt's backoff still applies, but then it is dispatched with
  *   the key it already had, not behind the work submitted since.
+ * - tq_shared_usage: how full the tables in shared memory are that callers
+ *   fill (fair-dispatch entries, rate buckets, wait slots).  With the 0.7.0
+ *   library a full table of entries no longer drops a queue's or a
+ *   configured tenant's limits, and tq_rate_consume's buckets are per role.
  *
  * The 0.7.0 library (extension/fair_rebuild.c) also rebuilds its shared state
  * arithmetic in C, clamping and reporting a queue's odd setting instead of
@@ -575,7 +579,46 @@ END
 $$;
 
 ------------------------------------------------------------------------------
+-- Shared memory a caller can fill (issue 15)
+------------------------------------------------------------------------------
+
+/*
+ * The tables in shared memory that callers fill (extension/shmem.c), for
+ * the whole server: how full each is, and how often a caller found it
+ * full.  tqd's /metrics shows them.  Like tq.shared_counts, called by the
+ * view as its reader, so definer with a pinned search_path (it reads only
+ * shared memory).
+ */
+CREATE FUNCTION tq.shared_usage(
+    OUT name text, OUT setting text, OUT used bigint, OUT capacity bigint,
+    OUT full_events bigint, OUT last_full_at timestamptz, OUT overflow bigint)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'tq_shared_usage';
+COMMENT ON FUNCTION tq.shared_usage() IS 'The tables in shared memory that callers fill (fair-dispatch entries, rate buckets, wait slots), server-wide: entries used and at most, times a caller found the table full, and live tasks counted in overflow entries.';
+
+CREATE VIEW @extschema@.tq_shared_usage AS
+    SELECT u.name, u.setting, u.used, u.capacity, u.full_events, u.last_full_at, u.overflow
+      FROM tq.shared_usage() u;
+COMMENT ON VIEW @extschema@.tq_shared_usage IS 'The tables in shared memory that callers fill, for the whole server: entries used and at most, and how often a caller found one full since the server started. A full tenants table folds tenants without a policy into their queue''s overflow entry (limits still hold); a full rate_buckets table refuses new keys (53400).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.name IS 'tenants (fair-dispatch entries of queues and tenants), rate_buckets (tq_rate_consume), wait_slots (tq_wait).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.setting IS 'The setting that sizes the table (restart to change); NULL: one slot per backend.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.used IS 'Entries in use now.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.capacity IS 'Entries at most.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.full_events IS 'Times a caller wanted a new entry and the table was full, since the server started (tenants: each state change of a task counted in an overflow entry; rate_buckets: calls refused for the table or the role''s tq.max_rate_keys_per_role).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.last_full_at IS 'The last of those times (NULL: never).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.overflow IS 'tenants: live tasks counted in overflow entries, whose tenants share one fair share per queue; NULL for the other tables.';
+
+COMMENT ON VIEW @extschema@.tq_tenants IS 'Tenants with live tasks or a policy: their policy (tq_set_tenant) and live counts from shared memory; held means some tasks are parked until the tenant''s quota or bucket has room. The tenant is NULL for tasks without one. Tenants without a policy whose tasks are counted in their queue''s overflow entry (tq.max_tenants reached: tq_shared_usage) are not listed.';
+
+COMMENT ON FUNCTION @extschema@.tq_rate_consume(text, integer, double precision, double precision) IS
+'Takes n tokens from the calling role''s shared token bucket of key (rate tokens per second, at least 0.000001; capacity burst, default one second''s worth) and returns true, or returns false and takes none. Shared by every session of the cluster that runs as the same role (current_user): other roles'' keys are other buckets. Buckets start full, also after a restart; a role holds at most tq.max_rate_keys_per_role of them.';
+
+------------------------------------------------------------------------------
 -- Privileges
 ------------------------------------------------------------------------------
 
 REVOKE ALL ON FUNCTION tq.check_dims(text, anyarray), tq.first_of(bigint[], integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION tq.shared_usage() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION tq.shared_usage() TO tq_producer, tq_worker, tq_admin;
+GRANT SELECT ON @extschema@.tq_shared_usage TO tq_producer, tq_worker, tq_admin;

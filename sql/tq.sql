@@ -2523,6 +2523,7 @@ COMMENT ON FUNCTION tq.lease_room(text, integer) IS 'How many tasks the queue''s
 /*
  * Token buckets in shared memory (extension/ratelimit.c), for any code
  * that must respect a third party's limit: true if n tokens were taken.
+ * Each role (current_user) has keys of its own.
  */
 CREATE FUNCTION @extschema@.tq_rate_consume(key text, n integer DEFAULT 1,
                                             rate double precision DEFAULT NULL,
@@ -2530,7 +2531,7 @@ CREATE FUNCTION @extschema@.tq_rate_consume(key text, n integer DEFAULT 1,
     RETURNS boolean
     LANGUAGE c VOLATILE PARALLEL UNSAFE AS 'MODULE_PATHNAME', 'tq_rate_consume';
 COMMENT ON FUNCTION @extschema@.tq_rate_consume(text, integer, double precision, double precision) IS
-'Takes n tokens from the shared token bucket of key (rate tokens per second, capacity burst, default one second''s worth) and returns true, or returns false and takes none. Shared by every session of the cluster; buckets start full, also after a restart.';
+'Takes n tokens from the calling role''s shared token bucket of key (rate tokens per second, at least 0.000001; capacity burst, default one second''s worth) and returns true, or returns false and takes none. Shared by every session of the cluster that runs as the same role (current_user): other roles'' keys are other buckets. Buckets start full, also after a restart; a role holds at most tq.max_rate_keys_per_role of them.';
 
 ------------------------------------------------------------------------------
 -- Periodic tasks, on pg_cron
@@ -3058,7 +3059,7 @@ CREATE VIEW @extschema@.tq_tenants AS
              WHERE NOT c.is_queue AND c.scheduled + c.ready + c.paused + c.running > 0
                AND EXISTS (SELECT 1 FROM tq.queue x WHERE x.name = c.queue)) s
       FULL JOIN tq.tenant p ON p.queue = s.queue AND p.tenant = s.tenant;
-COMMENT ON VIEW @extschema@.tq_tenants IS 'Tenants with live tasks or a policy: their policy (tq_set_tenant) and live counts from shared memory; held means some tasks are parked until the tenant''s quota or bucket has room. The tenant is NULL for tasks without one.';
+COMMENT ON VIEW @extschema@.tq_tenants IS 'Tenants with live tasks or a policy: their policy (tq_set_tenant) and live counts from shared memory; held means some tasks are parked until the tenant''s quota or bucket has room. The tenant is NULL for tasks without one. Tenants without a policy whose tasks are counted in their queue''s overflow entry (tq.max_tenants reached: tq_shared_usage) are not listed.';
 COMMENT ON COLUMN @extschema@.tq_tenants.queue IS 'Queue name.';
 COMMENT ON COLUMN @extschema@.tq_tenants.tenant IS 'Tenant (NULL: tasks without a tenant).';
 COMMENT ON COLUMN @extschema@.tq_tenants.weight IS 'Fair-share weight (1 unless set with tq_set_tenant).';
@@ -3074,6 +3075,33 @@ COMMENT ON COLUMN @extschema@.tq_tenants.leased IS 'The tenant''s tasks claimed 
 COMMENT ON COLUMN @extschema@.tq_tenants.lease_rate IS 'The tenant''s tasks claimed per second, smoothed.';
 COMMENT ON COLUMN @extschema@.tq_tenants.held IS 'True while some of its tasks are parked until its quota or bucket has room.';
 COMMENT ON COLUMN @extschema@.tq_tenants.tokens IS 'Tokens left in the tenant''s rate bucket (NULL: no rate limit).';
+
+/*
+ * The tables in shared memory that callers fill (extension/shmem.c), for
+ * the whole server: how full each is, and how often a caller found it
+ * full.  tqd's /metrics shows them.  Like tq.shared_counts, called by the
+ * view as its reader, so definer with a pinned search_path (it reads only
+ * shared memory).
+ */
+CREATE FUNCTION tq.shared_usage(
+    OUT name text, OUT setting text, OUT used bigint, OUT capacity bigint,
+    OUT full_events bigint, OUT last_full_at timestamptz, OUT overflow bigint)
+    RETURNS SETOF record
+    LANGUAGE c VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+    AS 'MODULE_PATHNAME', 'tq_shared_usage';
+COMMENT ON FUNCTION tq.shared_usage() IS 'The tables in shared memory that callers fill (fair-dispatch entries, rate buckets, wait slots), server-wide: entries used and at most, times a caller found the table full, and live tasks counted in overflow entries.';
+
+CREATE VIEW @extschema@.tq_shared_usage AS
+    SELECT u.name, u.setting, u.used, u.capacity, u.full_events, u.last_full_at, u.overflow
+      FROM tq.shared_usage() u;
+COMMENT ON VIEW @extschema@.tq_shared_usage IS 'The tables in shared memory that callers fill, for the whole server: entries used and at most, and how often a caller found one full since the server started. A full tenants table folds tenants without a policy into their queue''s overflow entry (limits still hold); a full rate_buckets table refuses new keys (53400).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.name IS 'tenants (fair-dispatch entries of queues and tenants), rate_buckets (tq_rate_consume), wait_slots (tq_wait).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.setting IS 'The setting that sizes the table (restart to change); NULL: one slot per backend.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.used IS 'Entries in use now.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.capacity IS 'Entries at most.';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.full_events IS 'Times a caller wanted a new entry and the table was full, since the server started (tenants: each state change of a task counted in an overflow entry; rate_buckets: calls refused for the table or the role''s tq.max_rate_keys_per_role).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.last_full_at IS 'The last of those times (NULL: never).';
+COMMENT ON COLUMN @extschema@.tq_shared_usage.overflow IS 'tenants: live tasks counted in overflow entries, whose tenants share one fair share per queue; NULL for the other tables.';
 
 CREATE VIEW @extschema@.tq_dead AS
     SELECT h.id, h.queue, h.tenant, h.attempt AS attempts, h.last_error, h.payload, h.submitted_at,
@@ -3122,6 +3150,7 @@ REVOKE ALL ON ALL FUNCTIONS IN SCHEMA tq FROM PUBLIC;
 REVOKE ALL ON SCHEMA tq FROM PUBLIC;
 -- The views call these as their reader.
 GRANT EXECUTE ON FUNCTION tq.shared_counts(), tq.activity(integer) TO tq_producer, tq_worker, tq_admin;
+GRANT EXECUTE ON FUNCTION tq.shared_usage() TO tq_producer, tq_worker, tq_admin;
 
 -- The API: nothing for PUBLIC, then each role its part.
 REVOKE ALL ON FUNCTION
@@ -3214,6 +3243,7 @@ GRANT SELECT ON @extschema@.tq_queues, @extschema@.tq_queue_stats, @extschema@.t
     TO tq_producer, tq_worker, tq_admin;
 GRANT SELECT ON @extschema@.tq_schedules TO tq_admin, tq_worker, tq_producer;
 GRANT SELECT ON @extschema@.tq_dead TO tq_worker, tq_admin;
+GRANT SELECT ON @extschema@.tq_shared_usage TO tq_producer, tq_worker, tq_admin;
 GRANT SELECT ON @extschema@.tq_queue_stats_exact TO tq_admin;
 
 ------------------------------------------------------------------------------

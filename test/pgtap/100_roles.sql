@@ -3,7 +3,7 @@
 -- can call the API; SECURITY DEFINER functions pin search_path.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(75);
+SELECT plan(76);
 
 -- Runs one statement as a role and says how it went: 'ok' or the SQLSTATE.
 -- (pgTAP itself must run as the superuser: its bookkeeping tables are ours.)
@@ -173,8 +173,9 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
 -- Internal helpers run under the calling API function's pinned search_path
 -- (they carry no SET of their own, see the install script), which is safe
 -- only as long as nobody else can call them.  The exceptions are
--- tq.shared_counts() and tq.activity(): the live views (tq_queue_stats,
--- tq_tenants, tq_queue_activity) call them as the reader, so the tq roles
+-- tq.shared_counts(), tq.activity() and tq.shared_usage(): the live views
+-- (tq_queue_stats, tq_tenants, tq_queue_activity, tq_shared_usage) call
+-- them as the reader, so the tq roles
 -- must be able to execute them; they are SECURITY DEFINER with a pinned
 -- search_path (checked above) and only read shared memory.
 SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
@@ -183,11 +184,16 @@ SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid =
                         OR has_function_privilege('tq_producer', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
-                 ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.shared_counts()'],
-    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.activity() and tq.shared_counts() for the live views');
+                 ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.shared_counts()', 'tq.shared_usage()'],
+    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.activity(), tq.shared_counts() and tq.shared_usage() for the live views');
 SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_counts()'::regprocedure)
           AND NOT has_function_privilege('public', 'tq.shared_counts()', 'EXECUTE'),
     'tq.shared_counts() is SECURITY DEFINER and not executable by PUBLIC');
+SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_usage()'::regprocedure)
+          AND NOT has_function_privilege('public', 'tq.shared_usage()', 'EXECUTE')
+          AND has_table_privilege('tq_producer', 'tq_shared_usage', 'SELECT')
+          AND has_table_privilege('tq_worker', 'tq_shared_usage', 'SELECT'),
+    'tq.shared_usage() is SECURITY DEFINER and not executable by PUBLIC; the tq roles read tq_shared_usage');
 SELECT ok(NOT has_schema_privilege('tq_admin', 'tq', 'USAGE') AND NOT has_schema_privilege('public', 'tq', 'USAGE'),
     'schema tq is closed to PUBLIC and the tq roles');
 

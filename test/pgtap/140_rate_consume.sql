@@ -1,11 +1,11 @@
--- tq_rate_consume: token buckets in shared memory.
+-- tq_rate_consume: token buckets in shared memory, one per (role, key).
 --
 -- Buckets live in shared memory, not in tables, so they outlive this
 -- file's ROLLBACK: every key here carries a prefix unique to this run.  A
 -- rate of 0.001 per second makes refills negligible, so answers do not
 -- depend on timing; the one refill check polls with a deadline.
 BEGIN;
-SELECT plan(21);
+SELECT plan(29);
 
 SELECT format('t140:%s:%s:', pg_backend_pid(), extract(epoch FROM clock_timestamp())) AS k \gset
 
@@ -56,6 +56,38 @@ SELECT throws_ok($$SELECT tq_rate_consume('x', 1, rate => 'NaN')$$, '22023', NUL
 SELECT throws_ok($$SELECT tq_rate_consume('x', 1, rate => 1, burst => 0.5)$$, '22023', NULL, 'a burst below 1: 22023');
 SELECT throws_ok($$SELECT tq_rate_consume('x', 3, rate => 1, burst => 2)$$, '22023',
     'n exceeds burst: the request could never be granted', 'n above burst could never be granted: 22023');
+SELECT throws_ok($$SELECT tq_rate_consume('x', 1, rate => 1e-300)$$, '22023', 'rate is out of range',
+    'a rate of 1e-300 (a bucket that never refills): 22023');
+SELECT throws_ok($$SELECT tq_rate_consume('x', 1, rate => 0.0000009)$$, '22023', 'rate is out of range',
+    'a rate below 0.000001 per second, the queues'' minimum: 22023');
+SELECT is(tq_rate_consume(:'k' || 'slow', 1, rate => 0.000001), true, 'a rate of exactly 0.000001 is taken');
+
+-- Key spaces: each role (current_user) has buckets of its own.  Roles
+-- cannot run pgTAP's assertions (its tables are the test's), so the
+-- answers are taken under SET ROLE into variables and checked after.
+CREATE ROLE t140_a;
+CREATE ROLE t140_b;
+GRANT tq_producer TO t140_a;
+GRANT tq_worker TO t140_b;
+SET ROLE t140_a;
+SELECT ARRAY(SELECT tq_rate_consume(:'k' || 'api', 1, rate => 0.001, burst => 2) FROM generate_series(1, 3)) AS a_drain \gset
+SELECT tq_rate_consume(:'k' || 'w', 1, rate => 0.001, burst => 10) AS a_first \gset
+SET ROLE t140_b;
+SELECT ARRAY(SELECT tq_rate_consume(:'k' || 'api', 1, rate => 0.001, burst => 2) FROM generate_series(1, 3)) AS b_drain \gset
+-- The overwrite attack: another role names the worker's key with a rate
+-- that never refills and a burst of 1.
+SELECT tq_rate_consume(:'k' || 'w', 1, rate => 0.000001, burst => 1) AS b_overwrite \gset
+SET ROLE t140_a;
+SELECT ARRAY(SELECT tq_rate_consume(:'k' || 'w', 1, rate => 0.001, burst => 10) FROM generate_series(1, 10)) AS a_rest \gset
+RESET ROLE;
+SELECT is(:'a_drain'::text, '{t,t,f}', 'a role drains its bucket of a key');
+SELECT is(:'b_drain'::text, '{t,t,f}', 'another role naming the same key has a full bucket of its own');
+SELECT ok(:'a_first'::boolean AND :'b_overwrite'::boolean, 'another role''s call with the key of a bucket in use and other rate and burst takes from its own bucket');
+SELECT is(:'a_rest'::text, '{t,t,t,t,t,t,t,t,t,f}', '... and leaves the first role''s bucket as it was: 9 more of its 10 tokens, then empty');
+SELECT ok((SELECT used >= 1 AND capacity = current_setting('tq.max_rate_keys')::bigint AND overflow IS NULL
+             FROM tq_shared_usage WHERE name = 'rate_buckets'),
+    'tq_shared_usage shows the rate buckets in use and the table''s size');
+
 SELECT ok(has_function_privilege('tq_producer', 'tq_rate_consume(text, integer, double precision, double precision)', 'EXECUTE')
           AND has_function_privilege('tq_worker', 'tq_rate_consume(text, integer, double precision, double precision)', 'EXECUTE'),
     'producers and workers may call it');

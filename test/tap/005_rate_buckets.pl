@@ -1,5 +1,6 @@
-# tq_rate_consume's buckets are shared by every session, have a bounded
-# table that frees refilled buckets, and start full again after a restart.
+# tq_rate_consume's buckets are shared by every session of a role (all of
+# this test's run as one; TAP 022 has several roles), have a bounded table
+# that frees refilled buckets, and start full again after a restart.
 use strict;
 use warnings;
 
