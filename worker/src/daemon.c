@@ -142,6 +142,8 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 	{
 		case PGC_CONNECTED:
 			tlog(LOG_INFO, "connected", "conn=%s", pgc_name(c));
+			if (c == d->work)
+				d->shared_absent = false; /* the extension may have been updated */
 			if (c == d->listen)
 			{
 				if (!pgc_send(c, "LISTEN tq_ready", 0, NULL, listen_result, d) ||

@@ -160,6 +160,17 @@ typedef struct Task
 	json_t *log;     /* stderr lines (array of strings) or NULL */
 } Task;
 
+/* A row of tq_shared_usage: a table in tq's shared memory that callers fill. */
+#define N_SHARED 8
+typedef struct SharedUsage
+{
+	char name[32];         /* tenants, rate_buckets, wait_slots */
+	long long used;        /* entries in use */
+	long long capacity;    /* entries at most */
+	long long full_events; /* times a caller found the table full (server start) */
+	long long overflow;    /* tenants: live tasks in overflow entries; -1: none */
+} SharedUsage;
+
 /* A queue this tqd serves, or served before a reload (queue.c). */
 struct Queue
 {
@@ -217,12 +228,16 @@ struct Daemon
 	ev_timer stop_timer;   /* drain_timeout, then the final flush's deadline */
 	ev_timer status_timer; /* status_interval: endpoint status lines */
 	/* /metrics and /healthz */
-	Httpd *httpd;             /* NULL when metrics_listen is empty */
-	Dashboard *dash;          /* NULL until dashboard = on */
-	Histogram lease_rtt;      /* tq_lease round trips */
-	Histogram report_rtt;     /* outcome batch round trips */
-	long long disconnects[4]; /* work, report, listen, sql handler connections */
-	double started_at;        /* when tqd started (unix time) */
+	Httpd *httpd;                 /* NULL when metrics_listen is empty */
+	Dashboard *dash;              /* NULL until dashboard = on */
+	Histogram lease_rtt;          /* tq_lease round trips */
+	Histogram report_rtt;         /* outcome batch round trips */
+	long long disconnects[4];     /* work, report, listen, sql handler connections */
+	double started_at;            /* when tqd started (unix time) */
+	SharedUsage shared[N_SHARED]; /* tq_shared_usage, read every poll_interval (lease.c) */
+	int nshared;                  /* rows of it read (0: none yet) */
+	bool shared_absent;           /* no tq_shared_usage (extension before 0.7.0): not asked
+								   * again until the work connection reconnects */
 	ev_signal sigterm, sigint, sighup;
 };
 

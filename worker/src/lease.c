@@ -240,6 +240,41 @@ backlog_result(PgConn *c, const PGresult *res, void *arg)
 	}
 }
 
+/* tq_shared_usage's rows, kept for /metrics. */
+static void
+shared_usage_result(PgConn *c, const PGresult *res, void *arg)
+{
+	Daemon *d = arg;
+	const char *state;
+
+	if (res == NULL)
+		return;
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		if (state != NULL && strcmp(state, "42P01") == 0)
+		{
+			/* An extension before 0.7.0: asked again after a reconnect (an update restarts). */
+			d->shared_absent = true;
+			tlog(LOG_INFO,
+				 "no tq_shared_usage: /metrics shows no tq_shared_* (extension before 0.7.0)",
+				 NULL);
+		}
+		return; /* the next poll tries again; /metrics shows the last values */
+	}
+	d->nshared = 0;
+	for (int i = 0; i < PQntuples(res) && d->nshared < N_SHARED; i++)
+	{
+		SharedUsage *u = &d->shared[d->nshared++];
+
+		snprintf(u->name, sizeof(u->name), "%s", PQgetvalue(res, i, 0));
+		u->used = atoll(PQgetvalue(res, i, 1));
+		u->capacity = atoll(PQgetvalue(res, i, 2));
+		u->full_events = atoll(PQgetvalue(res, i, 3));
+		u->overflow = PQgetisnull(res, i, 4) ? -1 : atoll(PQgetvalue(res, i, 4));
+	}
+}
+
 /* poll_interval: every queue is wanted again, in case a tq_ready was lost. */
 void
 lease_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
@@ -254,4 +289,10 @@ lease_poll_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		!pgc_send(d->work, "SELECT queue, scheduled, ready, paused, running FROM tq_queue_stats", 0,
 				  NULL, backlog_result, d))
 		tlog(LOG_DEBUG, "backlog query not sent: the connection is being reset", NULL);
+	/* How full tq's shared tables are (one round trip in the same pipeline). */
+	if (d->httpd != NULL && !d->shared_absent && pgc_ready(d->work) &&
+		!pgc_send(d->work,
+				  "SELECT name, used, capacity, full_events, overflow FROM tq_shared_usage", 0,
+				  NULL, shared_usage_result, d))
+		tlog(LOG_DEBUG, "shared usage query not sent: the connection is being reset", NULL);
 }

@@ -6,8 +6,9 @@
  *	  paths (dashboard.c).
  *
  * Everything is read from memory on the loop, without locks: the counters
- * live in the Daemon (histograms, disconnects), the Queues (started,
- * outcomes, backlog) and the Endpoints (aimd.c's totals).
+ * live in the Daemon (histograms, disconnects, tq_shared_usage's rows),
+ * the Queues (started, outcomes, backlog) and the Endpoints (aimd.c's
+ * totals).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,32 @@ metrics_render(Daemon *d, Buf *b)
 			for (int k = 0; k < 4; k++)
 				buf_printf(b, "tq_queue_tasks{queue=\"%s\",state=\"%s\"} %lld\n", label(q->name),
 						   state_label[k], q->backlog[k]);
+	if (d->nshared > 0)
+	{
+		help(b, "tq_shared_used", "gauge",
+			 "Entries in use of a table in tq's shared memory that callers fill, server-wide "
+			 "(tq_shared_usage, read every poll_interval).");
+		for (int i = 0; i < d->nshared; i++)
+			buf_printf(b, "tq_shared_used{table=\"%s\"} %lld\n", label(d->shared[i].name),
+					   d->shared[i].used);
+		help(b, "tq_shared_capacity", "gauge", "Entries at most of that table.");
+		for (int i = 0; i < d->nshared; i++)
+			buf_printf(b, "tq_shared_capacity{table=\"%s\"} %lld\n", label(d->shared[i].name),
+					   d->shared[i].capacity);
+		help(b, "tq_shared_full_events_total", "counter",
+			 "Times a caller wanted a new entry of that table and it was full, since the server "
+			 "started.");
+		for (int i = 0; i < d->nshared; i++)
+			buf_printf(b, "tq_shared_full_events_total{table=\"%s\"} %lld\n",
+					   label(d->shared[i].name), d->shared[i].full_events);
+		help(b, "tq_shared_overflow_tasks", "gauge",
+			 "Live tasks counted in overflow entries (tenants table full): their tenants share one "
+			 "fair share per queue; every limit still holds.");
+		for (int i = 0; i < d->nshared; i++)
+			if (d->shared[i].overflow >= 0)
+				buf_printf(b, "tq_shared_overflow_tasks{table=\"%s\"} %lld\n",
+						   label(d->shared[i].name), d->shared[i].overflow);
+	}
 	histogram(b, "tqd_lease_seconds", "Round trip of a tq_lease call.", &d->lease_rtt);
 	histogram(b, "tqd_report_seconds",
 			  "Round trip of an outcome batch (tq_complete, tq_fail, "
