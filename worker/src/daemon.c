@@ -76,6 +76,17 @@ array_literal_append(char *buf, size_t len, size_t *o, long long v, bool first)
 		*o += (size_t) n;
 }
 
+/* Appends a lease token to a bigint[] literal: NULL for none (0). */
+void
+token_literal_append(char *buf, size_t len, size_t *o, long long token, bool first)
+{
+	int n = token != 0 ? snprintf(buf + *o, len - *o, "%s%lld", first ? "" : ",", token)
+					   : snprintf(buf + *o, len - *o, "%sNULL", first ? "" : ",");
+
+	if (n > 0)
+		*o += (size_t) n;
+}
+
 /* A failed LISTEN leaves leasing to poll_interval: said loudly. */
 static void
 listen_result(PgConn *c, const PGresult *res, void *arg)

@@ -136,6 +136,7 @@ typedef struct Task
 	Queue *queue;
 	long long id;
 	int attempt;
+	long long lease_token; /* tq_lease's lease_token; 0: none (tq before 0.7.0) */
 	char *tenant;
 	char *payload;
 	char *traceparent; /* W3C trace context handed to the handler, or NULL */
@@ -230,6 +231,7 @@ struct Daemon
 
 /* Appends v to a PostgreSQL array literal of numbers ("{1,2") being built. */
 extern void array_literal_append(char *buf, size_t len, size_t *o, long long v, bool first);
+extern void token_literal_append(char *buf, size_t len, size_t *o, long long token, bool first);
 
 /* queue.c */
 
