@@ -187,7 +187,7 @@ SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid =
                         OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
                  ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.caller()', 'tq.caller_bound()', 'tq.shared_counts()',
-                                    'tq.tenant_allowed(text, text)', 'tq.tenant_grants()'],
+                                    'tq.tenant_allowed(text,text)', 'tq.tenant_grants()'],
     'no internal function in schema tq is executable by PUBLIC or the tq roles, except those the views call');
 SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_counts()'::regprocedure)
           AND NOT has_function_privilege('public', 'tq.shared_counts()', 'EXECUTE'),
