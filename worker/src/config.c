@@ -693,6 +693,10 @@ config_free(Config *c)
 	free(c->conninfo);
 	free(c->worker_name);
 	free(c->metrics_listen);
+	free(c->http_allowed_hosts);
+	free_argv(c->allowed_hosts);
+	free(c->http_token_file);
+	free_secret(c->http_token);
 	free(c);
 }
 

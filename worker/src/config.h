@@ -106,6 +106,16 @@ typedef struct Config
 	double status_interval;    /* s: status line per http endpoint; 0 = never */
 	char *metrics_listen;      /* address of /metrics; "" = off */
 	int dashboard;             /* serve the dashboard on metrics_listen (0/1) */
+
+	/* metrics_listen's access (httpd_access.c) and limits (httpd.c) */
+	char *http_allowed_hosts;        /* as written: more names for Host */
+	char **allowed_hosts;            /* those split, lowercase, NULL-terminated (or NULL) */
+	char *http_token_file;           /* the file of the bearer token; "" = no token */
+	char *http_token;                /* the token read from it; NULL = none */
+	int http_max_connections;        /* connections open at once */
+	int http_max_connections_per_ip; /* ... from one client address */
+	double http_timeout;             /* s: a silent connection is closed */
+
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;

@@ -334,3 +334,148 @@ check_aimd_min(void *base, char *msg, size_t msglen)
 	}
 	return true;
 }
+
+/*
+ * Names for the Host header besides localhost and IP addresses
+ * (httpd_access.c), split at blanks and commas into allowed_hosts, in
+ * lowercase.  A name is DNS letters, digits, '-', '.' and '_', without a
+ * port: any port is accepted with it.
+ */
+bool
+check_http_allowed_hosts(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	const char *s = c->http_allowed_hosts;
+	char **list = NULL;
+	int n = 0;
+
+	free_argv(c->allowed_hosts);
+	c->allowed_hosts = NULL;
+	for (;;)
+	{
+		size_t len;
+		char *name, **more;
+
+		while (*s == ',' || is_blank(*s))
+			s++;
+		if (*s == '\0')
+			break;
+		len = strcspn(s, ", \t\n\r\v\f");
+		for (size_t i = 0; i < len; i++)
+			if (!isalnum((unsigned char) s[i]) || (unsigned char) s[i] >= 0x80)
+				if (s[i] != '-' && s[i] != '.' && s[i] != '_')
+				{
+					snprintf(msg, msglen,
+							 "invalid host name \"%.*s\": letters, digits, '-', '.' and '_' "
+							 "only, without a port (any port is accepted)",
+							 (int) (len > 255 ? 255 : len), s);
+					goto fail;
+				}
+		if (len > 253)
+		{
+			snprintf(msg, msglen, "invalid host name \"%.40s...\": longer than 253 bytes", s);
+			goto fail;
+		}
+		more = realloc(list, (size_t) (n + 2) * sizeof(char *));
+		name = strndup(s, len);
+		if (more == NULL || name == NULL)
+		{
+			free(name);
+			if (more != NULL)
+				list = more;
+			snprintf(msg, msglen, "out of memory");
+			goto fail;
+		}
+		list = more;
+		for (size_t i = 0; i < len; i++)
+			name[i] = (char) tolower((unsigned char) name[i]);
+		list[n++] = name;
+		list[n] = NULL;
+		s += len;
+	}
+	c->allowed_hosts = list;
+	return true;
+fail:
+	if (list != NULL)
+	{
+		list[n] = NULL;
+		free_argv(list);
+	}
+	return false;
+}
+
+/* The least length of a bearer token: 16 characters guessed online is hopeless. */
+#define TOKEN_MIN_LENGTH 16
+/* The most a token file may hold. */
+#define TOKEN_MAX_LENGTH 4096
+
+/*
+ * The token is read here, at load and at every reload (so a new token is a
+ * SIGHUP away), into http_token: one line of printable ASCII without blanks
+ * (it travels in a header), at least TOKEN_MIN_LENGTH long.  Messages never
+ * show the file's content.
+ */
+bool
+check_http_token_file(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	char buf[TOKEN_MAX_LENGTH + 2];
+	size_t len;
+	FILE *f;
+
+	free_secret(c->http_token);
+	c->http_token = NULL;
+	if (c->http_token_file[0] == '\0')
+		return true;
+	f = fopen(c->http_token_file, "re");
+	if (f == NULL)
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", c->http_token_file);
+		return false;
+	}
+	len = fread(buf, 1, sizeof(buf) - 1, f);
+	if (ferror(f))
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", c->http_token_file);
+		fclose(f);
+		explicit_bzero(buf, sizeof(buf));
+		return false;
+	}
+	fclose(f);
+	buf[len] = '\0';
+	if (len > 0 && buf[len - 1] == '\n')
+		buf[--len] = '\0';
+	if (len > 0 && buf[len - 1] == '\r')
+		buf[--len] = '\0';
+	if (len > TOKEN_MAX_LENGTH)
+		snprintf(msg, msglen, "\"%s\" is longer than %d bytes: a token is one line",
+				 c->http_token_file, TOKEN_MAX_LENGTH);
+	else if (len < TOKEN_MIN_LENGTH)
+		snprintf(msg, msglen,
+				 "the token in \"%s\" is %zu characters long: at least %d are needed "
+				 "(e.g. openssl rand -hex 32)",
+				 c->http_token_file, len, TOKEN_MIN_LENGTH);
+	else
+	{
+		for (size_t i = 0; i < len; i++)
+			if (buf[i] < 0x21 || buf[i] > 0x7e)
+			{
+				snprintf(msg, msglen,
+						 "the token in \"%s\" must be one line of printable ASCII without "
+						 "blanks",
+						 c->http_token_file);
+				explicit_bzero(buf, sizeof(buf));
+				return false;
+			}
+		c->http_token = strdup(buf);
+		explicit_bzero(buf, sizeof(buf));
+		if (c->http_token == NULL)
+		{
+			snprintf(msg, msglen, "out of memory");
+			return false;
+		}
+		return true;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return false;
+}

@@ -70,7 +70,30 @@ const KeyDef config_keys[NKEYS] = {
 	G(dashboard, KT_ENUM, "off", 0, 0, .names = off_on_names, .check = check_dashboard,
 	  .desc = "Serve the read-only dashboard (queues, rates, dead tasks, a task's attempts, "
 			  "log and result) at / on metrics_listen.  It shows task payloads, errors and "
-			  "results: keep the address private, or put an authenticating proxy in front."),
+			  "results: keep the address private, set http_token_file, or put an "
+			  "authenticating proxy in front."),
+	G(http_allowed_hosts, KT_STRING, "", 0, 0, .check = check_http_allowed_hosts,
+	  .desc = "Host names, besides localhost and IP addresses, that a request to "
+			  "metrics_listen may name in its Host header (any port), separated by blanks "
+			  "or commas: the name a proxy or a Prometheus target uses, a Kubernetes "
+			  "service.  Another name gets 421, against DNS rebinding; /healthz and /readyz "
+			  "answer whatever the name."),
+	G(http_token_file, KT_STRING, "", 0, 0, .check = check_http_token_file,
+	  .desc = "File holding a bearer token: one line of at least 16 printable characters "
+			  "(openssl rand -hex 32).  With one, /metrics and the dashboard's data (/api/*) "
+			  "need \"Authorization: Bearer TOKEN\" (401 without); /healthz, /readyz and the "
+			  "dashboard's page do not, and the page asks for the token.  Read again at "
+			  "reload; empty = no token."),
+	G(http_max_connections, KT_INT, "256", 1, 10000,
+	  .desc = "Connections metrics_listen holds open at once; more wait to be accepted.  "
+			  "Read at start."),
+	G(http_max_connections_per_ip, KT_INT, "16", 1, 10000,
+	  .desc = "Connections one client address may hold open on metrics_listen; more are "
+			  "closed at once, so that one client cannot keep out the probes of others.  "
+			  "Behind a reverse proxy every request comes from its address.  Read at start."),
+	G(http_timeout, KT_DURATION, "5s", 1, HOUR,
+	  .desc = "A connection of metrics_listen that sends nothing for this long is closed "
+			  "(whole seconds, rounded up).  Read at start."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
 	  .desc = "Least severe messages logged."),
 

@@ -88,7 +88,7 @@ typedef struct KeyDef
 #define NAME_MAX_BYTES 63
 
 /* Keys in config_keys[] (config_keys.c checks the count when it compiles). */
-#define NKEYS 42
+#define NKEYS 47
 
 /* config_keys.c */
 
@@ -124,5 +124,7 @@ extern bool check_ca_file(void *base, char *msg, size_t msglen);
 extern bool check_aimd_min(void *base, char *msg, size_t msglen);
 extern bool check_metrics_listen(void *base, char *msg, size_t msglen);
 extern bool check_dashboard(void *base, char *msg, size_t msglen);
+extern bool check_http_allowed_hosts(void *base, char *msg, size_t msglen);
+extern bool check_http_token_file(void *base, char *msg, size_t msglen);
 
 #endif

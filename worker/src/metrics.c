@@ -8,11 +8,16 @@
  * Everything is read from memory on the loop, without locks: the counters
  * live in the Daemon (histograms, disconnects), the Queues (started,
  * outcomes, backlog) and the Endpoints (aimd.c's totals).
+ *
+ * The probes answer every request that reaches them; everything else
+ * first passes httpd_access.c (the Host allowlist, the token when
+ * http_token_file is set).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
+#include "httpd_access.h"
 #include "log.h"
 
 /* Outcomes as the label outcome of tqd_tasks_finished_total says them. */
@@ -214,18 +219,19 @@ metrics_render_tqd(Daemon *d, Buf *b)
 /*
  * The HttpdHandler of metrics_listen: /metrics, /healthz, /readyz; with
  * dashboard = on also /api/tqd and the dashboard's paths.
+ *
+ * The probes come first, before the Host and token checks: they say only
+ * "ok" or "ready", and orchestrators probe by whatever name or address
+ * they know (kubelet sends the pod's IP, a compose healthcheck a service
+ * name), often without a way to send a token.
  */
 int
 metrics_serve(HttpdReq *req, const char *path, Buf *body, const char **type, void *arg)
 {
 	Daemon *d = arg;
+	bool dash = d->dash != NULL && d->config->dashboard;
+	int status;
 
-	if (strcmp(path, "/metrics") == 0)
-	{
-		*type = "text/plain; version=0.0.4; charset=utf-8";
-		metrics_render(d, body);
-		return 200;
-	}
 	if (strcmp(path, "/healthz") == 0)
 	{
 		/* Liveness: the loop answers.  Not the database: a restart would not fix it. */
@@ -239,10 +245,17 @@ metrics_serve(HttpdReq *req, const char *path, Buf *body, const char **type, voi
 		buf_printf(body, up ? "ready\n" : "not ready: the database is unreachable\n");
 		return up ? 200 : 503;
 	}
-	if (d->dash != NULL && d->config->dashboard)
+	status = access_check(d->config, req, !(dash && dashboard_is_page(path)), body);
+	if (status != 0)
+		return status;
+	if (strcmp(path, "/metrics") == 0)
 	{
-		int status;
-
+		*type = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_render(d, body);
+		return 200;
+	}
+	if (dash)
+	{
 		if (strcmp(path, "/api/tqd") == 0)
 		{
 			*type = "application/json";

@@ -182,6 +182,13 @@ check_global_defaults(const Config *c, const char *what)
 	ok(c->status_interval == 60, "%s: status_interval 1min", what);
 	is_str(c->metrics_listen, "", "%s: metrics_listen off", what);
 	is_int(c->dashboard, 0, "%s: dashboard off", what);
+	is_str(c->http_allowed_hosts, "", "%s: http_allowed_hosts none", what);
+	ok(c->allowed_hosts == NULL, "%s: no allowed host names besides the built-in", what);
+	is_str(c->http_token_file, "", "%s: http_token_file none", what);
+	ok(c->http_token == NULL, "%s: no token", what);
+	is_int(c->http_max_connections, 256, "%s: http_max_connections 256", what);
+	is_int(c->http_max_connections_per_ip, 16, "%s: http_max_connections_per_ip 16", what);
+	ok(c->http_timeout == 5, "%s: http_timeout 5s", what);
 	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
 }
 
@@ -200,10 +207,26 @@ check_queue_defaults(const QueueConf *q, const char *what)
 }
 
 /* Every key README documents, in [tqd] then [queue:NAME]. */
-static const char *const global_keys[] = {
-	"conninfo",        "worker_name",        "slots",          "lease_batch",   "flush_interval",
-	"poll_interval",   "heartbeat_interval", "drain_timeout",  "reconnect_min", "reconnect_max",
-	"connect_timeout", "status_interval",    "metrics_listen", "dashboard",     "log_level"};
+static const char *const global_keys[] = {"conninfo",
+										  "worker_name",
+										  "slots",
+										  "lease_batch",
+										  "flush_interval",
+										  "poll_interval",
+										  "heartbeat_interval",
+										  "drain_timeout",
+										  "reconnect_min",
+										  "reconnect_max",
+										  "connect_timeout",
+										  "status_interval",
+										  "metrics_listen",
+										  "dashboard",
+										  "http_allowed_hosts",
+										  "http_token_file",
+										  "http_max_connections",
+										  "http_max_connections_per_ip",
+										  "http_timeout",
+										  "log_level"};
 static const char *const queue_keys[] = {"handler",
 										 "concurrency",
 										 "timeout",
@@ -973,10 +996,114 @@ test_http(void)
 			   "an exec key under http is refused");
 }
 
+/* Writes text to a new file under /tmp for http_token_file; its path in path. */
+static void
+write_token(char *path, size_t len, const char *text)
+{
+	int fd;
+
+	snprintf(path, len, "/tmp/tqd-test-token-XXXXXX");
+	fd = mkstemp(path);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text))
+	{
+		perror("token file");
+		exit(2);
+	}
+	close(fd);
+}
+
+/* http_token_file = a file holding text: refused with want (after "key ..."). */
+static void
+token_fails(const char *text, const char *want, const char *what)
+{
+	char path[64], line[128], msg[512], full[700], err[1024] = "";
+	Config *c;
+
+	write_token(path, sizeof(path), text);
+	snprintf(line, sizeof(line), "http_token_file = %s", path);
+	snprintf(msg, sizeof(msg), want, path);
+	c = with_global(line, err, sizeof(err));
+	snprintf(full, sizeof(full), "%s:2: %s", tmp_path, msg);
+	if (c != NULL)
+		ok(0, "%s: refused", what);
+	else
+		is_str(err, full, "%s: refused", what);
+	config_free(c);
+	unlink(path);
+}
+
+/* The keys of metrics_listen's access and limits (issue 15, items 12 and 13). */
+static void
+test_http_access(void)
+{
+	char err[1024] = "", path[64], line[128];
+	Config *c;
+
+	c = with_global("http_allowed_hosts = tqd.internal, Proxy.Example.COM\n  metrics-1 ,,w_2", err,
+					sizeof(err));
+	ok(c != NULL, "http_allowed_hosts with commas, blanks and a continuation line loads: %s", err);
+	if (c != NULL)
+	{
+		ok(c->allowed_hosts && c->allowed_hosts[0] && c->allowed_hosts[1] && c->allowed_hosts[2] &&
+			   c->allowed_hosts[3] && c->allowed_hosts[4] == NULL,
+		   "four names");
+		if (c->allowed_hosts && c->allowed_hosts[3])
+		{
+			is_str(c->allowed_hosts[0], "tqd.internal", "name 1");
+			is_str(c->allowed_hosts[1], "proxy.example.com", "name 2, in lowercase");
+			is_str(c->allowed_hosts[2], "metrics-1", "name 3, from the continuation line");
+			is_str(c->allowed_hosts[3], "w_2", "name 4, after an empty item");
+		}
+		config_free(c);
+	}
+	global_fails("http_allowed_hosts = tqd.internal:9187",
+				 "key \"http_allowed_hosts\": invalid host name \"tqd.internal:9187\": letters, "
+				 "digits, '-', '.' and '_' only, without a port (any port is accepted)");
+	global_fails("http_allowed_hosts = *",
+				 "key \"http_allowed_hosts\": invalid host name \"*\": letters, digits, '-', '.' "
+				 "and '_' only, without a port (any port is accepted)");
+
+	write_token(path, sizeof(path), "0123456789abcdef0123456789abcdef\n");
+	snprintf(line, sizeof(line), "http_token_file = %s", path);
+	c = with_global(line, err, sizeof(err));
+	ok(c != NULL && c->http_token != NULL, "a token file loads: %s", err);
+	if (c != NULL)
+		is_str(c->http_token, "0123456789abcdef0123456789abcdef",
+			   "the token is the file's line, without its newline");
+	config_free(c);
+	unlink(path);
+	token_fails("short\n",
+				"key \"http_token_file\": the token in \"%s\" is 5 characters long: at least 16 "
+				"are needed (e.g. openssl rand -hex 32)",
+				"a short token");
+	token_fails("0123456789abcdef 0123456789abcdef\n",
+				"key \"http_token_file\": the token in \"%s\" must be one line of printable ASCII "
+				"without blanks",
+				"a token with a blank");
+	token_fails("0123456789abcdef\n0123456789abcdef\n",
+				"key \"http_token_file\": the token in \"%s\" must be one line of printable ASCII "
+				"without blanks",
+				"a token of two lines");
+	global_fails("http_token_file = /nonexistent/token",
+				 "key \"http_token_file\": cannot read \"/nonexistent/token\": No such file or "
+				 "directory");
+
+	c = with_global("http_max_connections = 1000\nhttp_max_connections_per_ip = 4\n"
+					"http_timeout = 1500ms",
+					err, sizeof(err));
+	ok(c != NULL && c->http_max_connections == 1000 && c->http_max_connections_per_ip == 4 &&
+		   c->http_timeout == 1.5,
+	   "connection limits and timeout load: %s", err);
+	config_free(c);
+	global_fails("http_max_connections_per_ip = 0",
+				 "key \"http_max_connections_per_ip\": 0 is out of range (1 to 10000)");
+	global_fails("http_timeout = 0", "key \"http_timeout\": 0 is out of range (1s to 1h)");
+}
+
 int
 main(void)
 {
-	plan(302);
+	plan(338);
 	test_sample();
 	test_defaults();
 	test_values();
@@ -985,5 +1112,6 @@ main(void)
 	test_split_argv();
 	test_misc();
 	test_http();
+	test_http_access();
 	return done_testing();
 }
