@@ -21,6 +21,7 @@
 #include <libpq-fe.h>
 
 #include "config_keys.h"
+#include "http.h"
 #include "httpd.h"
 #include "util.h"
 
@@ -141,35 +142,103 @@ check_throttled_exit(void *base, char *msg, size_t msglen)
 }
 
 /*
+ * The names in pass_env: NAME or PREFIX* (PREFIX may be empty: "*" passes
+ * everything), NAME and PREFIX made of letters, digits and _, not starting
+ * with a digit (what a shell can set).  exec_child.c's build_env matches
+ * them.
+ */
+bool
+check_pass_env(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	const char *s = skip_blanks(q->pass_env);
+
+	while (*s != '\0')
+	{
+		size_t n = 0;
+		bool good;
+
+		while (s[n] != '\0' && !is_blank(s[n]))
+			n++;
+		good = !isdigit((unsigned char) s[0]);
+		for (size_t i = 0; i < n && good; i++)
+		{
+			unsigned char c = (unsigned char) s[i];
+
+			good = (c < 0x80 && (isalnum(c) || c == '_')) || (c == '*' && i == n - 1);
+		}
+		if (!good)
+		{
+			snprintf(msg, msglen,
+					 "invalid name \"%.*s\": expected variable names (letters, digits and _, not "
+					 "starting with a digit), each optionally ending in * (LC_*), separated by "
+					 "blanks",
+					 (int) n, s);
+			return false;
+		}
+		s = skip_blanks(s + n);
+	}
+	return true;
+}
+
+/* An '@' between "://" and the path: user info, even an empty one ("http://@host"). */
+static bool
+has_userinfo(const char *url)
+{
+	const char *auth = strstr(url, "://");
+
+	auth = auth != NULL ? auth + 3 : url;
+	return memchr(auth, '@', strcspn(auth, "/?#")) != NULL;
+}
+
+/*
  * The URL is parsed with libcurl's own parser, the one that will use it:
- * what it accepts here is what the requests go to.  Only http and https.
+ * what it accepts here is what the requests go to.  Only http and https,
+ * and no user name or password: tqd prints the URL (logs, task logs that
+ * producers read, /metrics), so credentials go in headers, which it never
+ * prints.  Messages show the URL redacted (http_url_redact), since they
+ * reach tqd's log too (a reload that fails); url_shown is that form.
  */
 bool
 check_url(void *base, char *msg, size_t msglen)
 {
 	QueueConf *q = base;
 	CURLU *u = curl_url();
-	char *scheme = NULL, *host = NULL;
+	char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL;
+	char shown[1024];
 	CURLUcode rc;
 	bool good = false;
 
-	if (u == NULL)
+	http_url_redact(q->url, shown, sizeof(shown));
+	free(q->url_shown);
+	q->url_shown = strdup(shown);
+	if (u == NULL || q->url_shown == NULL)
 	{
 		snprintf(msg, msglen, "out of memory");
+		curl_url_cleanup(u);
 		return false;
 	}
 	rc = curl_url_set(u, CURLUPART_URL, q->url, 0);
 	if (rc != CURLUE_OK)
-		snprintf(msg, msglen, "invalid URL \"%s\": %s", q->url, curl_url_strerror(rc));
+		snprintf(msg, msglen, "invalid URL \"%s\": %s", shown, curl_url_strerror(rc));
 	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
-		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", q->url);
+		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", shown);
 	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
-		snprintf(msg, msglen, "invalid URL \"%s\": no host", q->url);
+		snprintf(msg, msglen, "invalid URL \"%s\": no host", shown);
+	else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+			 curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK || has_userinfo(q->url))
+		snprintf(msg, msglen,
+				 "URL \"%s\" has a user name or password in it: tqd prints URLs (logs, task "
+				 "logs, /metrics), so give credentials with the headers key instead, which it "
+				 "never prints (e.g. headers = Authorization: Basic <base64 of user:password>)",
+				 shown);
 	else
 		good = true;
 	curl_free(scheme);
 	curl_free(host);
+	curl_free(user);
+	curl_free(password);
 	curl_url_cleanup(u);
 	return good;
 }

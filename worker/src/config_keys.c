@@ -130,13 +130,21 @@ const KeyDef config_keys[NKEYS] = {
 	  .check = check_throttled_exit,
 	  .desc = "Exit status meaning \"throttled\": the task is retried later without "
 			  "counting an attempt.  Not 64, 65 or 75, which have their own meaning."),
+	Q(pass_env, KT_STRING, "PATH HOME LANG LC_* TZ TMPDIR USER LOGNAME SHELL", 0, 0,
+	  .handlers = ONLY(HANDLER_EXEC), .check = check_pass_env,
+	  .desc = "Variables of tqd's environment the program gets, separated by blanks: names, "
+			  "or a prefix and * (LC_*); * alone passes them all, empty none.  The task's own "
+			  "(TQ_TASK_ID, ...) are set whatever this says.  Secrets in tqd's environment "
+			  "(PGPASSWORD, AWS_SECRET_ACCESS_KEY) reach the program only if listed here."),
 	Q(function, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "app.handle_task",
 	  .handlers = ONLY(HANDLER_SQL), .check = check_function,
 	  .desc = "Function called with each task's payload, as name or schema.name."),
 	Q(url, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "https://api.example.com/tasks",
 	  .handlers = ONLY(HANDLER_HTTP), .check = check_url,
 	  .desc = "Where each task is sent (http:// or https://); the payload is the body, "
-			  "never part of the URL."),
+			  "never part of the URL.  No user name or password in it (put them in headers): "
+			  "tqd prints the URL in logs, task logs and /metrics, with the query and fragment "
+			  "shown as ?<redacted> and #<redacted>."),
 	Q(method, KT_ENUM, "POST", 0, 0, .names = method_names, .handlers = ONLY(HANDLER_HTTP),
 	  .desc = "HTTP method of the request."),
 	Q(headers, KT_STRING, "", 0, 0, .flags = KF_LINES, .handlers = ONLY(HANDLER_HTTP),

@@ -328,6 +328,7 @@ daemon_free(Daemon *d)
 
 		d->endpoints = e->next;
 		free(e->url);
+		free(e->shown);
 		free(e);
 	}
 	while (d->queues)

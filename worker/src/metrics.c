@@ -147,21 +147,21 @@ metrics_render(Daemon *d, Buf *b)
 	{
 		help(b, "tqd_http_window", "gauge", "Adaptive window of an http endpoint (requests).");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_window{url=\"%s\"} %.2f\n", label(e->url), e->aimd.window);
+			buf_printf(b, "tqd_http_window{url=\"%s\"} %.2f\n", label(e->shown), e->aimd.window);
 		help(b, "tqd_http_in_flight", "gauge", "Requests in flight to an http endpoint.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_in_flight{url=\"%s\"} %d\n", label(e->url), e->aimd.inflight);
+			buf_printf(b, "tqd_http_in_flight{url=\"%s\"} %d\n", label(e->shown), e->aimd.inflight);
 		help(b, "tqd_http_answers_total", "counter", "Answers from an http endpoint.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_answers_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_answers_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.total_answers);
 		help(b, "tqd_http_throttled_total", "counter", "Throttled answers (429, 503).");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_throttled_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_throttled_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.total_throttled);
 		help(b, "tqd_http_window_cuts_total", "counter", "Times the window was cut.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_window_cuts_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_window_cuts_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.cuts);
 	}
 }
@@ -205,7 +205,7 @@ metrics_render_tqd(Daemon *d, Buf *b)
 		if (e->used)
 			json_array_append_new(
 				endpoints,
-				json_pack("{sssfsisisIsIsI}", "url", e->url, "window", e->aimd.window, "limit",
+				json_pack("{sssfsisisIsIsI}", "url", e->shown, "window", e->aimd.window, "limit",
 						  aimd_limit(&e->aimd), "in_flight", e->aimd.inflight, "answers",
 						  (json_int_t) e->aimd.total_answers, "throttled",
 						  (json_int_t) e->aimd.total_throttled, "cuts", (json_int_t) e->aimd.cuts));
