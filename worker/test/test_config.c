@@ -1101,6 +1101,8 @@ test_http_access(void)
 	global_fails("http_max_connections_per_ip = 0",
 				 "key \"http_max_connections_per_ip\": 0 is out of range (1 to 10000)");
 	global_fails("http_timeout = 0", "key \"http_timeout\": 0 is out of range (1s to 1h)");
+}
+
 /* pass_env: the names of tqd's variables an exec queue's programs get. */
 static void
 test_pass_env(void)
