@@ -16,6 +16,8 @@
 
 #include "common/pg_prng.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/jsonb.h"
@@ -163,14 +165,62 @@ tq_check_label(PG_FUNCTION_ARGS)
 		ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("%s is too long", what),
 						errdetail("It has %d bytes; the limit is %d.", len, max_len),
 						errhint("Use a shorter value, for example a hash of the long one.")));
-	for (int i = 0; i < len; i++)
-		if (p[i] < 0x20 || p[i] == 0x7f)
+	{
+		int width;
+		int i = tq_label_bad_char(p, len, &width);
+
+		if (i >= 0)
+		{
+			StringInfoData hex;
+
+			initStringInfo(&hex);
+			for (int k = 0; k < width; k++)
+				appendStringInfo(&hex, "%s0x%02x", k ? " " : "", p[i + k]);
 			ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-							errmsg("%s contains a control character", what),
-							errdetail("Byte %d has the value 0x%02x.", i + 1, p[i]),
-							errhint("Remove newlines, tabs and other control characters.")));
+							errmsg("%s contains a control character or line separator", what),
+							errdetail("Byte %d starts the sequence %s.", i + 1, hex.data),
+							errhint("Remove newlines, tabs, other control characters and the "
+									"separators U+0085, U+2028 and U+2029.")));
+		}
+	}
 
 	PG_RETURN_TEXT_P(value_t);
+}
+
+/*
+ * The first character a label must not hold: an ASCII control character
+ * (below 0x20, or 0x7f), or, in a UTF-8 database, a C1 control (U+0080 to
+ * U+009F, among them NEL, U+0085) or the line and paragraph separators
+ * U+2028 and U+2029.  Each of these ends a line somewhere -- in a logfmt
+ * line, an HTTP header, a terminal or a JavaScript string -- so a tenant
+ * or key holding one could forge lines downstream.  Returns the byte
+ * offset and sets *width to the sequence's length, or returns -1.
+ */
+int
+tq_label_bad_char(const unsigned char *p, int len, int *width)
+{
+	bool utf8 = GetDatabaseEncoding() == PG_UTF8;
+
+	for (int i = 0; i < len; i++)
+	{
+		*width = 1;
+		if (p[i] < 0x20 || p[i] == 0x7f)
+			return i;
+		if (!utf8 || p[i] < 0xc2)
+			continue;
+		if (p[i] == 0xc2 && i + 1 < len && p[i + 1] >= 0x80 && p[i + 1] <= 0x9f)
+		{
+			*width = 2;
+			return i;
+		}
+		if (p[i] == 0xe2 && i + 2 < len && p[i + 1] == 0x80 &&
+			(p[i + 2] == 0xa8 || p[i + 2] == 0xa9))
+		{
+			*width = 3;
+			return i;
+		}
+	}
+	return -1;
 }
 
 /*

@@ -105,13 +105,11 @@ label_ok(text *t, int max_len)
 {
 	const unsigned char *p = (const unsigned char *) VARDATA_ANY(t);
 	int len = VARSIZE_ANY_EXHDR(t);
+	int width;
 
 	if (len == 0 || len > max_len)
 		return false;
-	for (int i = 0; i < len; i++)
-		if (p[i] < 0x20 || p[i] == 0x7f)
-			return false;
-	return true;
+	return tq_label_bad_char(p, len, &width) < 0;
 }
 
 static void
@@ -226,6 +224,10 @@ submit(FunctionCallInfo fcinfo, bool with_tp)
 			traceparent = CStringGetTextDatum(tq_traceparent);
 	}
 	queue = PG_GETARG_TEXT_PP(0);
+	/* A role bound to tenants (access.c): the slow path refuses others. */
+	if (tq_caller_is_bound() &&
+		!tq_tenant_ok(text_to_cstring(queue), tenant ? text_to_cstring(tenant) : NULL))
+		return submit_slow(fcinfo);
 
 	SPI_connect();
 	prepare_plans();

@@ -92,6 +92,12 @@ extern const char *tq_traceparent_problem(const char *s, int len);
 extern bool tq_traceparent_check_hook(char **newval, void **extra, GucSource source);
 extern Size tq_wait_shmem_size(void);
 extern void tq_wait_shmem_init(void);
+/* Labels (checks.c): offset of the first forbidden character, or -1. */
+extern int tq_label_bad_char(const unsigned char *p, int len, int *width);
+/* Tenant binding (access.c). */
+extern bool tq_caller_is_bound(void);
+extern bool tq_tenant_ok(const char *queue, const char *tenant);
+extern void tq_require_tenant(const char *queue, const char *tenant);
 
 /* A table in shared memory that callers fill, as tq_shared_usage shows it (shmem.c). */
 typedef struct TqUsage

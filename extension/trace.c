@@ -21,7 +21,8 @@
  *	  its first attempt -- most of them -- costs nothing: an earlier cut
  *	  that opened an attempt at every claim and closed it at every finish
  *	  cost 16 % of the lease+complete rate.  Error texts are cut to 500
- *	  characters here (last_error keeps the whole).
+ *	  characters here (last_error keeps the whole), and a task keeps the
+ *	  last 100 stored attempts.
  *
  *-------------------------------------------------------------------------
  */
@@ -41,6 +42,7 @@
 #include "tq.h"
 
 #define TRACE_ERROR_CHARS 500
+#define TRACE_MAX_ATTEMPTS 100 /* attempts kept per task, the last ones */
 
 /*
  * The entry is built as a jsonb value directly (pushJsonbValue), not as
@@ -120,5 +122,9 @@ tq_trace_append(Datum trace, bool trace_null, int32 attempt, TimestampTz ready_a
 	entry = JsonbValueToJsonb(res);
 	if (trace_null)
 		return JsonbPGetDatum(entry);
+	/* The oldest go first: a task leased and handed back without end stays small. */
+	while (JB_ROOT_IS_ARRAY(DatumGetJsonbP(trace)) &&
+		   JB_ROOT_COUNT(DatumGetJsonbP(trace)) >= TRACE_MAX_ATTEMPTS)
+		trace = DirectFunctionCall2(jsonb_delete_idx, trace, Int32GetDatum(0));
 	return DirectFunctionCall2(jsonb_concat, trace, JsonbPGetDatum(entry));
 }

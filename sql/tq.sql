@@ -509,6 +509,123 @@ COMMENT ON FUNCTION @extschema@.tq_drop_queue(text, boolean) IS
 'Drops a queue with its history and dedup keys. Refuses while it has live tasks unless force => true, which deletes them.';
 
 ------------------------------------------------------------------------------
+-- Tenant binding (extension/access.c)
+------------------------------------------------------------------------------
+
+/*
+ * Roles bound to tenants.  A role with rows here is bound: it may submit
+ * as, read, wait on and cancel the tasks of these tenants only, in the
+ * queue named or (queue NULL) in every queue.  A role without rows is
+ * unbound and keeps what tq_producer, tq_worker and tq_admin give it;
+ * members of tq_admin are never bound.  The caller is the session's role
+ * (the one SET ROLE chose, else the login role), see tq.caller().
+ */
+CREATE TABLE tq.tenant_grant (
+    role        regrole NOT NULL,
+    tenant      text NOT NULL,
+    queue       text,
+    granted_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX tenant_grant_key ON tq.tenant_grant (role, tenant, coalesce(queue, ''));
+COMMENT ON TABLE tq.tenant_grant IS 'Roles bound to tenants (tq_grant_tenant): a bound role submits as, reads, waits on and cancels only these tenants'' tasks.';
+COMMENT ON COLUMN tq.tenant_grant.role IS 'The bound role.';
+COMMENT ON COLUMN tq.tenant_grant.tenant IS 'A tenant the role may act as.';
+COMMENT ON COLUMN tq.tenant_grant.queue IS 'The queue the grant holds in; NULL: every queue.';
+COMMENT ON COLUMN tq.tenant_grant.granted_at IS 'When the grant was made.';
+SELECT pg_catalog.pg_extension_config_dump('tq.tenant_grant', '');
+
+CREATE FUNCTION tq.caller() RETURNS oid
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_caller';
+COMMENT ON FUNCTION tq.caller() IS 'The role tq acts for: the role SET ROLE chose, else the login role; SECURITY DEFINER functions do not change it.';
+
+CREATE FUNCTION tq.caller_bound() RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_caller_bound';
+COMMENT ON FUNCTION tq.caller_bound() IS 'Whether the caller is bound to tenants (has tq_grant_tenant grants and is not a tq_admin).';
+
+CREATE FUNCTION tq.tenant_allowed(queue text, tenant text) RETURNS boolean
+    LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_tenant_allowed';
+COMMENT ON FUNCTION tq.tenant_allowed(text, text) IS 'Whether the caller may act as this tenant in this queue: always when unbound, else for its granted tenants only (a task without a tenant belongs to no bound role).';
+
+CREATE FUNCTION tq.check_tenant(queue text, tenant text) RETURNS void
+    LANGUAGE c STABLE AS 'MODULE_PATHNAME', 'tq_check_tenant';
+COMMENT ON FUNCTION tq.check_tenant(text, text) IS 'Raises 42501 unless the caller may submit as this tenant to this queue.';
+
+CREATE FUNCTION tq.lease_token() RETURNS bigint
+    LANGUAGE c VOLATILE PARALLEL SAFE AS 'MODULE_PATHNAME', 'tq_lease_token';
+COMMENT ON FUNCTION tq.lease_token() IS 'A random lease token in [1, 2^63 - 1] (pg_strong_random): tq_lease gives one to each lease.';
+
+CREATE FUNCTION tq.grants_changed() RETURNS void
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'tq_grants_changed';
+COMMENT ON FUNCTION tq.grants_changed() IS 'Makes every session read tq.tenant_grant again once this transaction commits.';
+
+CREATE FUNCTION @extschema@.tq_grant_tenant(role regrole, tenant text, queue text DEFAULT NULL)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    n integer;
+BEGIN
+    IF tq_grant_tenant.role IS NULL OR tq_grant_tenant.tenant IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'role and tenant must not be null',
+            HINT = 'For example: tq_grant_tenant(''shop_a_app'', ''shop_a'').';
+    END IF;
+    PERFORM tq.check_label(tq_grant_tenant.tenant, 'tenant', 200);
+    IF tq_grant_tenant.queue IS NOT NULL THEN
+        PERFORM tq.get_queue(tq_grant_tenant.queue);
+    END IF;
+    IF pg_catalog.pg_has_role(tq_grant_tenant.role, 'tq_admin', 'USAGE') THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_grant_operation',
+            MESSAGE = format('role "%s" is a member of tq_admin and cannot be bound to tenants',
+                             tq_grant_tenant.role),
+            DETAIL = 'Members of tq_admin act on every tenant''s tasks; a binding would not restrict them.',
+            HINT = 'Bind a role that is not a member of tq_admin, for example the application''s login role.';
+    END IF;
+    INSERT INTO tq.tenant_grant (role, tenant, queue)
+    VALUES (tq_grant_tenant.role, tq_grant_tenant.tenant, tq_grant_tenant.queue)
+    ON CONFLICT (role, tenant, (coalesce(queue, ''))) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM tq.grants_changed();
+    RETURN n > 0;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.tq_grant_tenant(regrole, text, text) IS
+'Binds a role to a tenant, in one queue or (queue NULL) in all: a bound role submits as, reads, waits on and cancels only its tenants'' tasks. False if the grant existed already.';
+
+CREATE FUNCTION @extschema@.tq_revoke_tenant(role regrole, tenant text DEFAULT NULL, queue text DEFAULT NULL)
+    RETURNS integer
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    n integer;
+BEGIN
+    IF role IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed',
+            MESSAGE = 'role must not be null',
+            HINT = 'Name the role whose grants to remove; tenant and queue narrow it down.';
+    END IF;
+    DELETE FROM tq.tenant_grant g
+     WHERE g.role = role
+       AND (tenant IS NULL OR g.tenant = tenant)
+       AND (queue IS NULL OR g.queue = queue);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM tq.grants_changed();
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.tq_revoke_tenant(regrole, text, text) IS
+'Removes a role''s tenant grants (all of them, or those of one tenant and/or queue); returns how many. A role left without grants is unbound again.';
+
+-- The grants a caller may see: all for tq_admin, its own for a bound role.
+CREATE FUNCTION tq.tenant_grants(OUT role regrole, OUT tenant text, OUT queue text, OUT granted_at timestamptz)
+    RETURNS SETOF record
+    LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT g.role, g.tenant, g.queue, g.granted_at FROM tq.tenant_grant g
+     WHERE g.role = tq.caller() OR pg_catalog.pg_has_role(tq.caller(), 'tq_admin', 'USAGE')
+$$;
+COMMENT ON FUNCTION tq.tenant_grants() IS 'The tenant grants the caller may see: every grant for tq_admin, its own otherwise.';
+
+------------------------------------------------------------------------------
 -- Live tasks
 ------------------------------------------------------------------------------
 
@@ -548,6 +665,8 @@ CREATE TABLE tq.task (
     log              jsonb,
     trace            jsonb,
     traceparent      text,
+    lease_token      bigint,
+    leased_by        oid,
     CHECK (state IN ('scheduled', 'ready', 'paused', 'running'))
 ) WITH (autovacuum_vacuum_scale_factor = 0.0,
         autovacuum_vacuum_threshold = 5000,
@@ -582,6 +701,8 @@ COMMENT ON COLUMN tq.task.vkey IS 'Fair dispatch key, set when the task becomes 
 COMMENT ON COLUMN tq.task.log IS 'Log lines the workers reported, oldest first, as [attempt, line] pairs; the last 1000 are kept (tq_task_log).';
 COMMENT ON COLUMN tq.task.trace IS 'The attempts that ended without finishing the task (failed, throttled, released), oldest first: attempt, ready_at, leased_at, worker, ended_at, outcome, error. Appended by the tq.task trigger; the last attempt is the row itself (tq_task_trace shows both).';
 COMMENT ON COLUMN tq.task.traceparent IS 'W3C traceparent the task carries to its handler (from the submit''s traceparent argument or the tq.traceparent setting); NULL: none.';
+COMMENT ON COLUMN tq.task.lease_token IS 'Random token of the current lease (tq.lease_token): cannot be guessed, and not handed out again after a crash that lost a lease''s commit, as an attempt number can be.';
+COMMENT ON COLUMN tq.task.leased_by IS 'Role that holds the current lease (tq.caller() of tq_lease): only it, or a tq_admin, may complete, fail, release, extend or log into it.';
 
 /*
  * No planner statistics on the JSON columns.  No query of tq filters or
@@ -813,7 +934,9 @@ COMMENT ON FUNCTION tq.apply_retention(tq.queue) IS 'Drops the queue''s history 
 ------------------------------------------------------------------------------
 
 /*
- * Deduplication keys.  A row exists while its task is live (until =
+ * Deduplication keys, unique per queue and tenant (0.7.0: a tenant that
+ * took a key first made another tenant's submit of the same key return
+ * its task).  A row exists while its task is live (until =
  * infinity) and for the queue's dedup_window after it succeeded.  The
  * primary key makes concurrent submits of one key race-free: the second
  * waits for the first and then sees its row (INSERT ... ON CONFLICT).
@@ -825,13 +948,15 @@ CREATE TABLE tq.dedup (
     dedup_key   text NOT NULL,
     task_id     bigint NOT NULL,
     until       timestamptz NOT NULL DEFAULT 'infinity',
-    PRIMARY KEY (queue, dedup_key)
+    tenant      text NOT NULL DEFAULT '',
+    PRIMARY KEY (queue, tenant, dedup_key)
 );
-COMMENT ON TABLE tq.dedup IS 'Taken deduplication keys: held while the task is live and for dedup_window after it succeeded.';
+COMMENT ON TABLE tq.dedup IS 'Taken deduplication keys: held while the task is live and for dedup_window after it succeeded. A key is unique per queue and tenant.';
 COMMENT ON COLUMN tq.dedup.queue IS 'Queue the key is unique in.';
 COMMENT ON COLUMN tq.dedup.dedup_key IS 'The key.';
 COMMENT ON COLUMN tq.dedup.task_id IS 'Task holding the key.';
 COMMENT ON COLUMN tq.dedup.until IS 'infinity while the task is live; after success, when the key becomes free.';
+COMMENT ON COLUMN tq.dedup.tenant IS 'Tenant the key is unique in ('''' for tasks without a tenant): one tenant''s key never returns another tenant''s task.';
 CREATE INDEX dedup_until_idx ON tq.dedup (until) WHERE until <> 'infinity';
 SELECT pg_catalog.pg_extension_config_dump('tq.dedup', '');
 
@@ -865,6 +990,16 @@ BEGIN
     END IF;
     IF p_tenant IS NOT NULL THEN
         PERFORM tq.check_label(p_tenant, 'tenant', 200);
+    END IF;
+    -- A role bound to tenants submits as one of them (extension/access.c).
+    PERFORM tq.check_tenant(q.name, p_tenant);
+    -- A task that never comes due would hold its dedup key and its shared
+    -- entry for good.
+    IF NOT p_run_at < now() + interval '10 years' THEN
+        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
+            MESSAGE = 'run_at is too far in the future',
+            DETAIL = format('run_at is %s; it must lie less than 10 years ahead.', p_run_at),
+            HINT = 'Schedule the task nearer; for something that far off, keep a row of your own and submit later.';
     END IF;
     IF p_expires_at IS NOT NULL AND p_expires_at <= greatest(now(), p_run_at) THEN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
@@ -942,15 +1077,16 @@ BEGIN
         PERFORM tq.check_label(dedup_key, 'dedup_key', 512);
         -- Take the key, or find who holds it.  A concurrent submit of the
         -- same key waits here for ours to commit or roll back.
-        INSERT INTO tq.dedup AS d (queue, dedup_key, task_id)
-        VALUES (q.name, dedup_key, v_id)
+        INSERT INTO tq.dedup AS d (queue, tenant, dedup_key, task_id)
+        VALUES (q.name, coalesce(tenant, ''), dedup_key, v_id)
         ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
             SET task_id = excluded.task_id, until = 'infinity'
             WHERE d.until < now()
         RETURNING d.task_id INTO v_owner;
         IF v_owner IS NULL THEN
             SELECT d.task_id INTO v_owner FROM tq.dedup d
-             WHERE d.queue = q.name AND d.dedup_key = submit_slow.dedup_key;
+             WHERE d.queue = q.name AND d.tenant = coalesce(submit_slow.tenant, '')
+               AND d.dedup_key = submit_slow.dedup_key;
             RETURN v_owner;
         END IF;
     END IF;
@@ -991,7 +1127,7 @@ CREATE FUNCTION @extschema@.tq_submit(
     RETURNS bigint
     LANGUAGE c VOLATILE SECURITY DEFINER AS 'MODULE_PATHNAME', 'tq_submit_fast_0_6';
 COMMENT ON FUNCTION @extschema@.tq_submit(text, jsonb, timestamptz, integer, text, text, integer, interval, timestamptz, text) IS
-'Submits a task (payload: a JSON object) and returns its id. Options: run_at (not before), priority (higher first), tenant, dedup_key (a duplicate of a live or recently succeeded task returns that task''s id), max_attempts, timeout (run-time limit for the worker), expires_at (give up if not started by then), traceparent (W3C trace context handed to the worker; NULL: the tq.traceparent setting, '''': none). Visible to workers when the calling transaction commits.';
+'Submits a task (payload: a JSON object) and returns its id. Options: run_at (not before), priority (higher first), tenant, dedup_key (a duplicate of a live or recently succeeded task of the same tenant returns that task''s id), max_attempts, timeout (run-time limit for the worker), expires_at (give up if not started by then), traceparent (W3C trace context handed to the worker; NULL: the tq.traceparent setting, '''': none). Visible to workers when the calling transaction commits.';
 
 /*
  * Submits many tasks in one statement: one row per payload, ids returned
@@ -1064,8 +1200,8 @@ BEGIN
     IF dedup_keys IS NOT NULL AND EXISTS (SELECT 1 FROM unnest(dedup_keys) k WHERE k IS NOT NULL) THEN
         PERFORM tq.check_label(k, 'dedup_key', 512) FROM unnest(dedup_keys) k WHERE k IS NOT NULL;
         -- Claim each distinct key for its first payload.
-        INSERT INTO tq.dedup AS d (queue, dedup_key, task_id)
-        SELECT DISTINCT ON (k) q.name, k, v_ids[o]
+        INSERT INTO tq.dedup AS d (queue, tenant, dedup_key, task_id)
+        SELECT DISTINCT ON (k) q.name, coalesce(tenant, ''), k, v_ids[o]
           FROM unnest(dedup_keys) WITH ORDINALITY AS u(k, o)
          WHERE k IS NOT NULL
          ORDER BY k, o
@@ -1076,7 +1212,7 @@ BEGIN
         -- holders committed by concurrent submits we waited for).
         SELECT array_agg(coalesce(d.task_id, v_ids[u.o]) ORDER BY u.o) INTO v_owners
           FROM unnest(dedup_keys) WITH ORDINALITY AS u(k, o)
-          LEFT JOIN tq.dedup d ON d.queue = q.name AND d.dedup_key = u.k;
+          LEFT JOIN tq.dedup d ON d.queue = q.name AND d.tenant = coalesce(tenant, '') AND d.dedup_key = u.k;
     END IF;
     -- Backlog limits: checked per row by the insert's trigger (tq.task_row).
 
@@ -1204,10 +1340,12 @@ COMMENT ON FUNCTION tq.lease_floor(text) IS 'Where a lease''s claim scan of the 
 CREATE FUNCTION @extschema@.tq_lease(worker text, queues text[], max integer DEFAULT 1,
                                      lease interval DEFAULT NULL)
     RETURNS TABLE (id bigint, queue text, payload jsonb, attempt integer, lease_until timestamptz,
-                   tenant text, priority smallint, timeout interval, traceparent text)
+                   tenant text, priority smallint, timeout interval, traceparent text,
+                   lease_token bigint)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
+    v_caller oid := tq.caller();
     qs tq.queue[];
     q tq.queue;
     v_worker text := tq_lease.worker;
@@ -1305,14 +1443,17 @@ BEGIN
                        lease_until = now() + v_lease,
                        lease_duration = v_lease,
                        started_at = now(),
-                       first_started_at = coalesce(t.first_started_at, now())
+                       first_started_at = coalesce(t.first_started_at, now()),
+                       lease_token = tq.lease_token(),
+                       leased_by = v_caller
                   FROM picked
                  WHERE t.id = picked.id
                 RETURNING t.id, t.queue, t.payload, t.attempt, t.lease_until, t.tenant, t.priority,
-                          coalesce(t.timeout, q.timeout) AS eff_timeout, t.state, t.traceparent
+                          coalesce(t.timeout, q.timeout) AS eff_timeout, t.state, t.traceparent,
+                          t.lease_token
             )
             SELECT c.id, c.queue, c.payload, c.attempt, c.lease_until, c.tenant, c.priority, c.eff_timeout,
-                   c.traceparent
+                   c.traceparent, c.lease_token
               FROM claimed c WHERE c.state = 'running';
             GET DIAGNOSTICS n = ROW_COUNT;
             remaining := remaining - n;
@@ -1324,7 +1465,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.tq_lease(text, text[], integer, interval) IS
-'Leases up to max ready tasks of the given queues to a worker, in fair dispatch order, with FOR UPDATE SKIP LOCKED. Returns each task with its attempt number, which every later call on the lease must quote (fencing), and its traceparent (W3C trace context to hand to the handler; NULL: none).';
+'Leases up to max ready tasks of the given queues to a worker, in fair dispatch order, with FOR UPDATE SKIP LOCKED. Returns each task with its attempt number, which every later call on the lease must quote (fencing), its lease_token (a random token the calls may quote as well, for exact fencing), and its traceparent (W3C trace context to hand to the handler; NULL: none). Only the role that leased a task (or a tq_admin) may act on the lease.';
 
 ------------------------------------------------------------------------------
 -- Finish (the worker's side)
@@ -1360,6 +1501,7 @@ DECLARE
     f_queues text[];
     f_states tq.task_state[];
     f_keys text[];
+    f_tenants text[];
 BEGIN
     WITH u AS (
         SELECT DISTINCT ON (u.id) u.*
@@ -1384,11 +1526,11 @@ BEGIN
                d.first_started_at, d.started_at, now(), d.log,
                d.trace, d.traceparent
         FROM d
-        RETURNING id, attempt, queue, state, dedup_key
+        RETURNING id, attempt, queue, state, dedup_key, tenant
     )
     SELECT array_agg(h.id), array_agg(h.attempt), array_agg(h.queue), array_agg(h.state),
-           array_agg(h.dedup_key)
-      INTO f_ids, f_attempts, f_queues, f_states, f_keys
+           array_agg(h.dedup_key), array_agg(coalesce(h.tenant, ''))
+      INTO f_ids, f_attempts, f_queues, f_states, f_keys, f_tenants
       FROM h;
     IF f_ids IS NULL THEN
         RETURN;
@@ -1396,14 +1538,16 @@ BEGIN
 
     IF array_remove(f_keys, NULL) <> '{}' THEN
         UPDATE tq.dedup x SET until = now() + q.dedup_window
-          FROM unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+          FROM unnest(f_ids, f_queues, f_states, f_keys, f_tenants) AS h(id, queue, state, dedup_key, tenant)
           JOIN tq.queue q ON q.name = h.queue
          WHERE h.state = 'succeeded' AND h.dedup_key IS NOT NULL
-           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+           AND x.queue = h.queue AND x.tenant = h.tenant AND x.dedup_key = h.dedup_key
+           AND x.task_id = h.id;
         DELETE FROM tq.dedup x
-         USING unnest(f_ids, f_queues, f_states, f_keys) AS h(id, queue, state, dedup_key)
+         USING unnest(f_ids, f_queues, f_states, f_keys, f_tenants) AS h(id, queue, state, dedup_key, tenant)
          WHERE h.state <> 'succeeded' AND h.dedup_key IS NOT NULL
-           AND x.queue = h.queue AND x.dedup_key = h.dedup_key AND x.task_id = h.id;
+           AND x.queue = h.queue AND x.tenant = h.tenant AND x.dedup_key = h.dedup_key
+           AND x.task_id = h.id;
     END IF;
 
     -- Whoever waits in tq_wait for one of these is woken at commit, and
@@ -1456,7 +1600,49 @@ END
 $$;
 COMMENT ON FUNCTION tq.mask(bigint[], integer[], bigint[], integer[]) IS 'For each input (id, attempt), whether it is among the pairs acted on.';
 
-CREATE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL)
+/*
+ * The fence of the lease holder's calls (tq_complete, tq_fail,
+ * tq_release, tq_heartbeat, tq_append_log).  Per (id, attempt), the
+ * attempt again when the caller holds that lease -- the role that leased
+ * it (tq.task.leased_by), or a tq_admin -- and, when lease tokens are
+ * given, the task's token matches; else -1, which no task has, so the
+ * call acts on nothing for it and says false or lost.  Without tokens a
+ * tq_admin's call is not looked up at all.  A lease made before 0.7.0 has
+ * neither holder nor token, and is fenced by its attempt alone, so that
+ * the tasks running through the update can still be finished.
+ */
+CREATE FUNCTION tq.fence(p_ids bigint[], p_attempts integer[], p_tokens bigint[]) RETURNS integer[]
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_caller oid := tq.caller();
+    v_admin boolean := pg_catalog.pg_has_role(v_caller, 'tq_admin', 'USAGE');
+BEGIN
+    IF p_tokens IS NULL THEN
+        IF v_admin THEN
+            RETURN p_attempts;
+        END IF;
+    ELSE
+        PERFORM tq.check_dims('leases', p_tokens);
+        IF cardinality(p_tokens) <> coalesce(cardinality(p_ids), 0) THEN
+            RAISE EXCEPTION USING ERRCODE = 'array_subscript_error',
+                MESSAGE = 'the arrays of task ids and leases differ in length',
+                DETAIL = format('There are %s ids and %s leases.', coalesce(cardinality(p_ids), 0),
+                                cardinality(p_tokens)),
+                HINT = 'Pass the lease_token tq_lease returned for each task, in the same order, or no leases.';
+        END IF;
+    END IF;
+    RETURN (SELECT coalesce(array_agg(CASE WHEN (v_admin OR t.leased_by = v_caller OR t.leased_by IS NULL)
+                                                AND (p_tokens IS NULL OR t.lease_token = u.token
+                                                     OR t.lease_token IS NULL)
+                                           THEN u.attempt ELSE -1 END ORDER BY u.o), '{}')
+              FROM unnest(p_ids, p_attempts, p_tokens) WITH ORDINALITY AS u(id, attempt, token, o)
+              LEFT JOIN tq.task t ON t.id = u.id);
+END
+$$;
+COMMENT ON FUNCTION tq.fence(bigint[], integer[], bigint[]) IS 'Per (id, attempt), the attempt if the caller holds the lease (its role leased it, or it is a tq_admin) and the lease token, when given, matches; -1 otherwise.';
+
+CREATE FUNCTION @extschema@.tq_complete(ids bigint[], attempts integer[], results jsonb[] DEFAULT NULL,
+                                        leases bigint[] DEFAULT NULL)
     RETURNS boolean[]
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -1471,13 +1657,13 @@ BEGIN
     END IF;
     PERFORM tq.check_result(r) FROM unnest(results) r WHERE r IS NOT NULL;
     SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
-      FROM tq.finish(ids, attempts, '{running}', array_fill('succeeded'::tq.task_state, ARRAY[n]),
-                     results, NULL) f;
+      FROM tq.finish(ids, tq.fence(ids, attempts, leases), '{running}',
+                     array_fill('succeeded'::tq.task_state, ARRAY[n]), results, NULL) f;
     RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tq_complete(bigint[], integer[], jsonb[]) IS
-'Marks leased tasks succeeded with optional results. Returns, per task, false if the attempt is stale (the lease was lost) and nothing changed.';
+COMMENT ON FUNCTION @extschema@.tq_complete(bigint[], integer[], jsonb[], bigint[]) IS
+'Marks leased tasks succeeded with optional results. leases: the lease_token of each (optional; exact fencing). Returns, per task, false if the lease is not the caller''s to finish (stale attempt or token, lost lease, another role''s lease) and nothing changed.';
 
 CREATE FUNCTION @extschema@.tq_complete(id bigint, attempt integer, result jsonb DEFAULT NULL)
     RETURNS boolean
@@ -1497,7 +1683,8 @@ $$;
 COMMENT ON FUNCTION tq.clip_error(text) IS 'Cuts an error text to 16384 characters, saying so.';
 
 CREATE FUNCTION @extschema@.tq_fail(ids bigint[], attempts integer[], errors text[],
-                                    retry text[] DEFAULT NULL, retry_after interval[] DEFAULT NULL)
+                                    retry text[] DEFAULT NULL, retry_after interval[] DEFAULT NULL,
+                                    leases bigint[] DEFAULT NULL)
     RETURNS boolean[]
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -1533,7 +1720,7 @@ BEGIN
     END IF;
     PERFORM tq.check_interval('retry_after', d, '0', '30 days') FROM unnest(retry_after) d WHERE d IS NOT NULL;
     SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
-      FROM tq.fail_running(ids, attempts,
+      FROM tq.fail_running(ids, tq.fence(ids, attempts, leases),
                ARRAY(SELECT tq.clip_error(e) FROM unnest(errors) WITH ORDINALITY AS x(e, o) ORDER BY o),
                ARRAY(SELECT coalesce(r, 'auto')
                        FROM unnest(coalesce(retry, array_fill(NULL::text, ARRAY[n]))) WITH ORDINALITY AS x(r, o)
@@ -1542,8 +1729,8 @@ BEGIN
     RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]) IS
-'Reports failed attempts. retry per task: auto (retry after backoff or retry_after, dead after max_attempts), never (dead now), throttled (retry without using up an attempt, up to the queue''s throttle_limit). Returns false per stale attempt.';
+COMMENT ON FUNCTION @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[], bigint[]) IS
+'Reports failed attempts. retry per task: auto (retry after backoff or retry_after, dead after max_attempts), never (dead now), throttled (retry without using up an attempt, up to the queue''s throttle_limit). leases: the lease_token of each (optional). Returns false per lease that is not the caller''s (stale, lost, another role''s).';
 
 CREATE FUNCTION @extschema@.tq_fail(id bigint, attempt integer, error text, retry text DEFAULT 'auto',
                                     retry_after interval DEFAULT NULL)
@@ -1559,27 +1746,46 @@ COMMENT ON FUNCTION @extschema@.tq_fail(bigint, integer, text, text, interval) I
  * ready again at once and the attempt does not count.  A task whose
  * cancellation was requested meanwhile is cancelled instead.
  */
-CREATE FUNCTION @extschema@.tq_release(ids bigint[], attempts integer[])
+/*
+ * A release is free while the task's free attempts (releases, throttles,
+ * manual retries) stay below its max_attempts; past that it counts as a
+ * failed attempt, so that leasing and releasing a task without end
+ * cannot keep it alive for good.
+ */
+CREATE FUNCTION @extschema@.tq_release(ids bigint[], attempts integer[], leases bigint[] DEFAULT NULL)
     RETURNS boolean[]
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     n integer := tq.check_batch(ids, attempts);
+    fenced integer[];
     done_ids bigint[];
     done_attempts integer[];
 BEGIN
     IF n = 0 THEN
         RETURN '{}';
     END IF;
+    fenced := tq.fence(ids, attempts, leases);
     SELECT array_agg(f.id), array_agg(f.attempt) INTO done_ids, done_attempts
       FROM (SELECT array_agg(t.id) AS ids, array_agg(t.attempt) AS attempts
-              FROM unnest(ids, attempts) AS u(id, attempt)
+              FROM unnest(ids, fenced) AS u(id, attempt)
               JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt
              WHERE t.state = 'running' AND t.cancel_requested) c,
            LATERAL tq.finish(c.ids, c.attempts, '{running}',
                              array_fill('cancelled'::tq.task_state, ARRAY[coalesce(cardinality(c.ids), 0)]), NULL,
                              array_fill('cancelled while running (released by the worker)'::text,
                                         ARRAY[coalesce(cardinality(c.ids), 0)])) f;
+    SELECT coalesce(done_ids, '{}') || coalesce(array_agg(f.id), '{}'),
+           coalesce(done_attempts, '{}') || coalesce(array_agg(f.attempt), '{}')
+      INTO done_ids, done_attempts
+      FROM (SELECT array_agg(t.id) AS ids, array_agg(t.attempt) AS attempts,
+                   array_agg(format('released %s times: this release counts as a failed attempt',
+                                    t.free_attempts - t.throttles + 1)) AS errors
+              FROM unnest(ids, fenced) AS u(id, attempt)
+              JOIN tq.task t ON t.id = u.id AND t.attempt = u.attempt
+             WHERE t.state = 'running' AND t.free_attempts >= t.max_attempts) c,
+           LATERAL tq.fail_running(c.ids, c.attempts, c.errors,
+                                   array_fill('auto'::text, ARRAY[coalesce(cardinality(c.ids), 0)]), NULL) f;
     WITH up AS (
         UPDATE tq.task t
            SET state = CASE WHEN tq.is_paused(q, t.tenant) THEN 'paused'::tq.task_state
@@ -1587,7 +1793,7 @@ BEGIN
                free_attempts = t.free_attempts + 1,
                lease_until = NULL,
                lease_duration = NULL
-          FROM unnest(ids, attempts) AS u(id, attempt), tq.queue q
+          FROM unnest(ids, fenced) AS u(id, attempt), tq.queue q
          WHERE t.id = u.id AND t.attempt = u.attempt AND t.state = 'running'
            AND q.name = t.queue
         RETURNING t.id, t.attempt
@@ -1601,8 +1807,8 @@ BEGIN
     RETURN tq.mask(ids, attempts, done_ids, done_attempts);
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tq_release(bigint[], integer[]) IS
-'Hands leased tasks back unrun and without penalty (a draining worker); they are ready again at once.';
+COMMENT ON FUNCTION @extschema@.tq_release(bigint[], integer[], bigint[]) IS
+'Hands leased tasks back unrun and without penalty (a draining worker); they are ready again at once. Once a task''s free attempts reach its max_attempts, a release counts as a failed attempt. leases: the lease_token of each (optional). False per lease that is not the caller''s.';
 
 CREATE FUNCTION @extschema@.tq_release(id bigint, attempt integer)
     RETURNS boolean
@@ -1618,7 +1824,8 @@ COMMENT ON FUNCTION @extschema@.tq_release(bigint, integer) IS
  * lease was still extended so the worker can report the outcome) and
  * 'lost' (stale attempt, unknown or finished task: someone else owns it).
  */
-CREATE FUNCTION @extschema@.tq_heartbeat(worker text, ids bigint[], attempts integer[])
+CREATE FUNCTION @extschema@.tq_heartbeat(worker text, ids bigint[], attempts integer[],
+                                         leases bigint[] DEFAULT NULL)
     RETURNS TABLE (id bigint, reason text)
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -1630,7 +1837,9 @@ BEGIN
     PERFORM tq.check_batch(tq_heartbeat.ids, tq_heartbeat.attempts);
     RETURN QUERY
     WITH u AS (
-        SELECT * FROM unnest(tq_heartbeat.ids, tq_heartbeat.attempts) AS u(id, attempt)
+        SELECT * FROM unnest(tq_heartbeat.ids,
+                             tq.fence(tq_heartbeat.ids, tq_heartbeat.attempts, tq_heartbeat.leases))
+                      AS u(id, attempt)
     ), ext AS (
         UPDATE tq.task t
            SET lease_until = now() + t.lease_duration
@@ -1643,8 +1852,8 @@ BEGIN
     SELECT u.id, 'lost'::text FROM u WHERE NOT EXISTS (SELECT 1 FROM ext WHERE ext.id = u.id);
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tq_heartbeat(text, bigint[], integer[]) IS
-'Extends the leases of running tasks. Returns the tasks to stop: reason cancelled (tq_cancel asked) or lost (stale attempt; another worker owns the task).';
+COMMENT ON FUNCTION @extschema@.tq_heartbeat(text, bigint[], integer[], bigint[]) IS
+'Extends the leases of running tasks (leases: the lease_token of each, optional). Returns the tasks to stop: reason cancelled (tq_cancel asked) or lost (stale attempt or token, or another role''s lease: someone else owns the task).';
 
 ------------------------------------------------------------------------------
 -- Retries and failures
@@ -1786,17 +1995,18 @@ DECLARE
 BEGIN
     -- Claim the dedup keys of the candidates (one task per key).
     WITH cand AS (
-        SELECT DISTINCT ON (h.queue, h.dedup_key) h.queue, h.dedup_key, h.id
+        SELECT DISTINCT ON (h.queue, coalesce(h.tenant, ''), h.dedup_key) h.queue,
+               coalesce(h.tenant, '') AS tenant, h.dedup_key, h.id
         FROM tq.history h
         WHERE (p_queue IS NULL OR h.queue = p_queue)
           AND (p_id IS NULL OR h.id = p_id)
           AND (p_tenant IS NULL OR h.tenant = p_tenant)
           AND h.state = ANY (p_states)
           AND h.dedup_key IS NOT NULL
-        ORDER BY h.queue, h.dedup_key, h.finished_at DESC
+        ORDER BY h.queue, coalesce(h.tenant, ''), h.dedup_key, h.finished_at DESC
     ), c AS (
-        INSERT INTO tq.dedup AS x (queue, dedup_key, task_id)
-        SELECT queue, dedup_key, id FROM cand
+        INSERT INTO tq.dedup AS x (queue, tenant, dedup_key, task_id)
+        SELECT queue, tenant, dedup_key, id FROM cand
         ON CONFLICT ON CONSTRAINT dedup_pkey DO UPDATE
             SET task_id = excluded.task_id, until = 'infinity'
             WHERE x.until < now()
@@ -1879,7 +2089,8 @@ BEGIN
             HINT = 'Submit a new task to run the work again.';
     END IF;
     SELECT d.task_id INTO holder FROM tq.dedup d
-     JOIN tq.history h ON h.queue = d.queue AND h.dedup_key = d.dedup_key
+     JOIN tq.history h ON h.queue = d.queue AND coalesce(h.tenant, '') = d.tenant
+                      AND h.dedup_key = d.dedup_key
      WHERE h.id = tq_retry.id;
     RAISE EXCEPTION USING ERRCODE = 'unique_violation',
         MESSAGE = format('task %s cannot be retried: its dedup_key "%s" is taken by task %s', id, k, holder),
@@ -1927,6 +2138,22 @@ BEGIN
     IF id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'null_value_not_allowed', MESSAGE = 'task id must not be null';
     END IF;
+    -- tq_admin cancels any task; a role bound to tenants only its tenants'
+    -- (another tenant's task is as unknown to it as a missing one).
+    IF NOT pg_catalog.pg_has_role(tq.caller(), 'tq_admin', 'USAGE') THEN
+        IF NOT tq.caller_bound() THEN
+            RAISE EXCEPTION USING ERRCODE = 'insufficient_privilege',
+                MESSAGE = 'tq_cancel of a task needs tq_admin, or a role bound to the task''s tenant',
+                HINT = 'Bind the role to its tenants with tq_grant_tenant, or cancel as a member of tq_admin.';
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM tq.task t WHERE t.id = tq_cancel.id AND tq.tenant_allowed(t.queue, t.tenant))
+           AND NOT EXISTS (SELECT 1 FROM tq.history h
+                            WHERE h.id = tq_cancel.id AND tq.tenant_allowed(h.queue, h.tenant)) THEN
+            RAISE EXCEPTION USING ERRCODE = 'undefined_object',
+                MESSAGE = format('task %s does not exist', id),
+                HINT = 'It may never have existed, or its queue''s retention has removed it.';
+        END IF;
+    END IF;
     IF EXISTS (SELECT tq.finish(ARRAY[id], NULL, '{scheduled,ready,paused}', '{cancelled}', NULL,
                                 '{"cancelled by tq_cancel before it ran"}')) THEN
         RETURN true;
@@ -1944,7 +2171,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION @extschema@.tq_cancel(bigint) IS
-'Cancels a queued task at once, or asks the worker running it to stop (reported by its next heartbeat). False if the task had already finished.';
+'Cancels a queued task at once, or asks the worker running it to stop (reported by its next heartbeat). False if the task had already finished. tq_admin cancels any task, a role bound to tenants (tq_grant_tenant) its tenants'' tasks.';
 
 CREATE FUNCTION @extschema@.tq_cancel(queue text, tenant text DEFAULT NULL, include_running boolean DEFAULT true)
     RETURNS bigint
@@ -2717,8 +2944,9 @@ COMMENT ON FUNCTION @extschema@.tq_unschedule(text) IS
 CREATE VIEW @extschema@.tq_schedules AS
     SELECT s.name, s.cron, s.queue, s.payload, s.priority, s.tenant, s.max_attempts, s.timeout,
            s.jobid, s.created_at
-      FROM tq.schedule s;
-COMMENT ON VIEW @extschema@.tq_schedules IS 'Periodic tasks created with tq_schedule.';
+      FROM tq.schedule s
+     WHERE tq.tenant_allowed(s.queue, s.tenant);
+COMMENT ON VIEW @extschema@.tq_schedules IS 'Periodic tasks created with tq_schedule. A role bound to tenants sees only its own.';
 COMMENT ON COLUMN @extschema@.tq_schedules.name IS 'Schedule name.';
 COMMENT ON COLUMN @extschema@.tq_schedules.cron IS 'Cron expression.';
 COMMENT ON COLUMN @extschema@.tq_schedules.queue IS 'Queue each firing submits to.';
@@ -2746,16 +2974,16 @@ CREATE FUNCTION @extschema@.tq_task(id bigint)
            t.attempt, t.max_attempts, t.dedup_key, t.run_at, t.expires_at, t.submitted_at,
            t.first_started_at, NULL::timestamptz, t.worker, t.lease_until, t.cancel_requested,
            t.traceparent
-      FROM tq.task t WHERE t.id = $1
+      FROM tq.task t WHERE t.id = $1 AND tq.tenant_allowed(t.queue, t.tenant)
     UNION ALL
     SELECT h.id, h.queue, h.state::text, h.tenant, h.priority, h.payload, h.result, h.last_error,
            h.attempt, h.max_attempts, h.dedup_key, h.run_at, h.expires_at, h.submitted_at,
            h.first_started_at, h.finished_at, h.worker, NULL, false, h.traceparent
-      FROM tq.history h WHERE h.id = $1
+      FROM tq.history h WHERE h.id = $1 AND tq.tenant_allowed(h.queue, h.tenant)
     LIMIT 1
 $$;
 COMMENT ON FUNCTION @extschema@.tq_task(bigint) IS
-'One task, live or finished: state, attempts, payload, result, last error, timestamps and traceparent. No row if the id is unknown or past retention.';
+'One task, live or finished: state, attempts, payload, result, last error, timestamps and traceparent. No row if the id is unknown, past retention, or of a tenant a bound caller may not see.';
 
 ------------------------------------------------------------------------------
 -- Task logs (lines a worker captured, e.g. tqd's exec handler's stderr)
@@ -2763,10 +2991,19 @@ COMMENT ON FUNCTION @extschema@.tq_task(bigint) IS
 
 /*
  * Appends log lines to running tasks, each at the attempt the worker holds
- * (fencing: a stale attempt's lines are dropped).  lines[i] is a JSON array
- * of strings, or null.  Keeps the last 1000 lines of a task.
+ * (fencing: a stale attempt's lines are dropped, and so are those for
+ * another role's lease).  lines[i] is a JSON array of strings, or null.
+ * Keeps the last 1000 lines of a task, each cut to 4096 characters.
  */
-CREATE FUNCTION @extschema@.tq_append_log(ids bigint[], attempts integer[], lines jsonb[])
+CREATE FUNCTION tq.clip_line(p_line text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(p_line) <= 4096 THEN p_line
+                ELSE left(p_line, 4096) || format(' [cut: %s more characters]', length(p_line) - 4096) END
+$$;
+COMMENT ON FUNCTION tq.clip_line(text) IS 'Cuts a task log line to 4096 characters, saying so.';
+
+CREATE FUNCTION @extschema@.tq_append_log(ids bigint[], attempts integer[], lines jsonb[],
+                                          leases bigint[] DEFAULT NULL)
     RETURNS integer
     LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -2780,7 +3017,9 @@ BEGIN
             HINT = 'Pass one attempt and one JSON array of lines (or null) per task id.';
     END IF;
     WITH u AS (
-        SELECT * FROM unnest(tq_append_log.ids, tq_append_log.attempts, tq_append_log.lines)
+        SELECT * FROM unnest(tq_append_log.ids,
+                             tq.fence(tq_append_log.ids, tq_append_log.attempts, tq_append_log.leases),
+                             tq_append_log.lines)
             AS u(id, attempt, l)
          WHERE CASE WHEN jsonb_typeof(u.l) = 'array' THEN jsonb_array_length(u.l) > 0 ELSE false END
     ), up AS (
@@ -2788,8 +3027,8 @@ BEGIN
            SET log = (SELECT jsonb_agg(x.e ORDER BY x.o)
                         FROM jsonb_array_elements(coalesce(t.log, '[]'::jsonb)
                                                   || (SELECT jsonb_agg(jsonb_build_array(u.attempt,
-                                                                  CASE WHEN jsonb_typeof(e) = 'string'
-                                                                       THEN e #>> '{}' ELSE e::text END)
+                                                                  tq.clip_line(CASE WHEN jsonb_typeof(e) = 'string'
+                                                                                    THEN e #>> '{}' ELSE e::text END))
                                                                   ORDER BY o)
                                                         FROM jsonb_array_elements(u.l) WITH ORDINALITY a(e, o)))
                              WITH ORDINALITY x(e, o)
@@ -2802,16 +3041,18 @@ BEGIN
     RETURN n;
 END
 $$;
-COMMENT ON FUNCTION @extschema@.tq_append_log(bigint[], integer[], jsonb[]) IS
-'Appends log lines (a JSON array of strings per task) to running tasks at the given attempts; returns how many tasks took them. Keeps the last 1000 lines of a task.';
+COMMENT ON FUNCTION @extschema@.tq_append_log(bigint[], integer[], jsonb[], bigint[]) IS
+'Appends log lines (a JSON array of strings per task) to running tasks at the given attempts (leases: the lease_token of each, optional); returns how many tasks took them. Keeps the last 1000 lines of a task, each cut to 4096 characters.';
 
 CREATE FUNCTION @extschema@.tq_task_log(id bigint)
     RETURNS TABLE (attempt integer, n integer, line text)
     LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT (e ->> 0)::integer, o::integer, e ->> 1
-      FROM (SELECT t.log FROM tq.task t WHERE t.id = tq_task_log.id
+      FROM (SELECT t.log FROM tq.task t
+             WHERE t.id = tq_task_log.id AND tq.tenant_allowed(t.queue, t.tenant)
             UNION ALL
-            SELECT h.log FROM tq.history h WHERE h.id = tq_task_log.id
+            SELECT h.log FROM tq.history h
+             WHERE h.id = tq_task_log.id AND tq.tenant_allowed(h.queue, h.tenant)
             LIMIT 1) s,
            jsonb_array_elements(s.log) WITH ORDINALITY AS x(e, o)
      ORDER BY o
@@ -2837,11 +3078,11 @@ CREATE FUNCTION @extschema@.tq_task_trace(id bigint)
     WITH r AS (
         SELECT t.trace, t.attempt, t.run_at, t.submitted_at, t.started_at, t.worker,
                NULL::timestamptz AS finished_at, t.state::text AS state, t.last_error
-          FROM tq.task t WHERE t.id = tq_task_trace.id
+          FROM tq.task t WHERE t.id = tq_task_trace.id AND tq.tenant_allowed(t.queue, t.tenant)
         UNION ALL
         SELECT h.trace, h.attempt, h.run_at, h.submitted_at, h.started_at, h.worker,
                h.finished_at, h.state::text, h.last_error
-          FROM tq.history h WHERE h.id = tq_task_trace.id
+          FROM tq.history h WHERE h.id = tq_task_trace.id AND tq.tenant_allowed(h.queue, h.tenant)
         LIMIT 1
     ), a AS (
         SELECT (e ->> 'attempt')::integer AS attempt, (e ->> 'ready_at')::timestamptz AS ready_at,
@@ -2886,6 +3127,13 @@ BEGIN
             HINT = 'Pass the id tq_submit returned.';
     END IF;
     PERFORM tq.check_interval('timeout', p_timeout, '0', '1 day', false, true);
+    -- A bound caller waits only on its tenants' tasks: another's (or an
+    -- unknown id) returns at once, without a row, like an unknown task.
+    IF tq.caller_bound()
+       AND NOT EXISTS (SELECT 1 FROM tq.task t WHERE t.id = p_id AND tq.tenant_allowed(t.queue, t.tenant))
+       AND NOT EXISTS (SELECT 1 FROM tq.history h WHERE h.id = p_id AND tq.tenant_allowed(h.queue, h.tenant)) THEN
+        RETURN false;
+    END IF;
     RETURN tq.wait_done(p_id, extract(epoch FROM p_timeout) * 1000);
 END
 $$;
@@ -3058,8 +3306,9 @@ CREATE VIEW @extschema@.tq_tenants AS
       FROM (SELECT * FROM tq.shared_counts() c
              WHERE NOT c.is_queue AND c.scheduled + c.ready + c.paused + c.running > 0
                AND EXISTS (SELECT 1 FROM tq.queue x WHERE x.name = c.queue)) s
-      FULL JOIN tq.tenant p ON p.queue = s.queue AND p.tenant = s.tenant;
-COMMENT ON VIEW @extschema@.tq_tenants IS 'Tenants with live tasks or a policy: their policy (tq_set_tenant) and live counts from shared memory; held means some tasks are parked until the tenant''s quota or bucket has room. The tenant is NULL for tasks without one. Tenants without a policy whose tasks are counted in their queue''s overflow entry (tq.max_tenants reached: tq_shared_usage) are not listed.';
+      FULL JOIN tq.tenant p ON p.queue = s.queue AND p.tenant = s.tenant
+     WHERE tq.tenant_allowed(coalesce(s.queue, p.queue), coalesce(s.tenant, p.tenant));
+COMMENT ON VIEW @extschema@.tq_tenants IS 'Tenants with live tasks or a policy: their policy (tq_set_tenant) and live counts from shared memory; held means some tasks are parked until the tenant''s quota or bucket has room. The tenant is NULL for tasks without one. A role bound to tenants sees only its own. Tenants without a policy whose tasks are counted in their queue''s overflow entry (tq.max_tenants reached: tq_shared_usage) are not listed.';
 COMMENT ON COLUMN @extschema@.tq_tenants.queue IS 'Queue name.';
 COMMENT ON COLUMN @extschema@.tq_tenants.tenant IS 'Tenant (NULL: tasks without a tenant).';
 COMMENT ON COLUMN @extschema@.tq_tenants.weight IS 'Fair-share weight (1 unless set with tq_set_tenant).';
@@ -3107,8 +3356,8 @@ CREATE VIEW @extschema@.tq_dead AS
     SELECT h.id, h.queue, h.tenant, h.attempt AS attempts, h.last_error, h.payload, h.submitted_at,
            h.finished_at, h.traceparent
       FROM tq.history h
-     WHERE h.state = 'dead';
-COMMENT ON VIEW @extschema@.tq_dead IS 'Dead tasks (the dead-letter queue) with their last error; ORDER BY finished_at DESC LIMIT n reads each partition''s index of dead tasks. tq_retry(id) or tq_retry_dead(queue) runs them again.';
+     WHERE h.state = 'dead' AND tq.tenant_allowed(h.queue, h.tenant);
+COMMENT ON VIEW @extschema@.tq_dead IS 'Dead tasks (the dead-letter queue) with their last error; ORDER BY finished_at DESC LIMIT n reads each partition''s index of dead tasks. tq_retry(id) or tq_retry_dead(queue) runs them again. A role bound to tenants sees only its own.';
 COMMENT ON COLUMN @extschema@.tq_dead.id IS 'Task id.';
 COMMENT ON COLUMN @extschema@.tq_dead.queue IS 'Queue name.';
 COMMENT ON COLUMN @extschema@.tq_dead.tenant IS 'Tenant, if any.';
@@ -3118,6 +3367,14 @@ COMMENT ON COLUMN @extschema@.tq_dead.payload IS 'The task''s payload.';
 COMMENT ON COLUMN @extschema@.tq_dead.submitted_at IS 'When it was submitted.';
 COMMENT ON COLUMN @extschema@.tq_dead.finished_at IS 'When it died.';
 COMMENT ON COLUMN @extschema@.tq_dead.traceparent IS 'The task''s W3C traceparent (NULL: none): the trace of the request that submitted it.';
+
+CREATE VIEW @extschema@.tq_tenant_grants AS
+    SELECT g.role, g.tenant, g.queue, g.granted_at FROM tq.tenant_grants() g;
+COMMENT ON VIEW @extschema@.tq_tenant_grants IS 'Roles bound to tenants (tq_grant_tenant): every grant for tq_admin, a role''s own grants for the role.';
+COMMENT ON COLUMN @extschema@.tq_tenant_grants.role IS 'The bound role.';
+COMMENT ON COLUMN @extschema@.tq_tenant_grants.tenant IS 'A tenant it may act as.';
+COMMENT ON COLUMN @extschema@.tq_tenant_grants.queue IS 'The queue the grant holds in (NULL: every queue).';
+COMMENT ON COLUMN @extschema@.tq_tenant_grants.granted_at IS 'When the grant was made.';
 
 ------------------------------------------------------------------------------
 -- Roles and privileges
@@ -3162,14 +3419,14 @@ REVOKE ALL ON FUNCTION
     @extschema@.tq_submit_many(text, jsonb[], timestamptz, integer, text, text[], integer, interval, timestamptz, text),
     @extschema@.tq_submit_trigger(),
     @extschema@.tq_lease(text, text[], integer, interval),
-    @extschema@.tq_complete(bigint[], integer[], jsonb[]),
+    @extschema@.tq_complete(bigint[], integer[], jsonb[], bigint[]),
     @extschema@.tq_complete(bigint, integer, jsonb),
-    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]),
+    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[], bigint[]),
     @extschema@.tq_fail(bigint, integer, text, text, interval),
-    @extschema@.tq_release(bigint[], integer[]),
+    @extschema@.tq_release(bigint[], integer[], bigint[]),
     @extschema@.tq_release(bigint, integer),
-    @extschema@.tq_heartbeat(text, bigint[], integer[]),
-    @extschema@.tq_append_log(bigint[], integer[], jsonb[]),
+    @extschema@.tq_heartbeat(text, bigint[], integer[], bigint[]),
+    @extschema@.tq_append_log(bigint[], integer[], jsonb[], bigint[]),
     @extschema@.tq_cancel(bigint),
     @extschema@.tq_cancel(text, text, boolean),
     @extschema@.tq_pause(text, text),
@@ -3185,7 +3442,9 @@ REVOKE ALL ON FUNCTION
     @extschema@.tq_task(bigint),
     @extschema@.tq_task_log(bigint),
     @extschema@.tq_task_trace(bigint),
-    @extschema@.tq_wait(bigint, interval)
+    @extschema@.tq_wait(bigint, interval),
+    @extschema@.tq_grant_tenant(regrole, text, text),
+    @extschema@.tq_revoke_tenant(regrole, text, text)
     FROM PUBLIC;
 
 -- Producers submit.
@@ -3199,14 +3458,14 @@ GRANT EXECUTE ON FUNCTION
 -- Workers lease and finish.
 GRANT EXECUTE ON FUNCTION
     @extschema@.tq_lease(text, text[], integer, interval),
-    @extschema@.tq_complete(bigint[], integer[], jsonb[]),
+    @extschema@.tq_complete(bigint[], integer[], jsonb[], bigint[]),
     @extschema@.tq_complete(bigint, integer, jsonb),
-    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[]),
+    @extschema@.tq_fail(bigint[], integer[], text[], text[], interval[], bigint[]),
     @extschema@.tq_fail(bigint, integer, text, text, interval),
-    @extschema@.tq_release(bigint[], integer[]),
+    @extschema@.tq_release(bigint[], integer[], bigint[]),
     @extschema@.tq_release(bigint, integer),
-    @extschema@.tq_heartbeat(text, bigint[], integer[]),
-    @extschema@.tq_append_log(bigint[], integer[], jsonb[]),
+    @extschema@.tq_heartbeat(text, bigint[], integer[], bigint[]),
+    @extschema@.tq_append_log(bigint[], integer[], jsonb[], bigint[]),
     @extschema@.tq_task(bigint)
     TO tq_worker;
 
@@ -3225,7 +3484,9 @@ GRANT EXECUTE ON FUNCTION
     @extschema@.tq_purge(text, text, interval),
     @extschema@.tq_maintain(),
     @extschema@.tq_schedule(text, text, text, jsonb, integer, text, integer, interval),
-    @extschema@.tq_unschedule(text)
+    @extschema@.tq_unschedule(text),
+    @extschema@.tq_grant_tenant(regrole, text, text),
+    @extschema@.tq_revoke_tenant(regrole, text, text)
     TO tq_admin;
 
 -- Granted to several roles.  Each statement names its roles in the order
@@ -3245,6 +3506,12 @@ GRANT SELECT ON @extschema@.tq_schedules TO tq_admin, tq_worker, tq_producer;
 GRANT SELECT ON @extschema@.tq_dead TO tq_worker, tq_admin;
 GRANT SELECT ON @extschema@.tq_shared_usage TO tq_producer, tq_worker, tq_admin;
 GRANT SELECT ON @extschema@.tq_queue_stats_exact TO tq_admin;
+-- Since 0.7.0: the tenant binding.  The views call the first three as
+-- their reader; a bound producer cancels its tenants' tasks.
+GRANT EXECUTE ON FUNCTION tq.caller(), tq.caller_bound(), tq.tenant_allowed(text, text), tq.tenant_grants()
+    TO tq_producer, tq_worker, tq_admin;
+GRANT EXECUTE ON FUNCTION @extschema@.tq_cancel(bigint) TO tq_producer;
+GRANT SELECT ON @extschema@.tq_tenant_grants TO tq_producer, tq_worker, tq_admin;
 
 ------------------------------------------------------------------------------
 -- Shared state

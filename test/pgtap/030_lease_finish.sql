@@ -6,12 +6,12 @@ SELECT plan(74);
 
 SELECT has_function('public', 'tq_lease', ARRAY['text', 'text[]', 'integer', 'interval'], 'tq_lease(worker, queues, max, lease) exists');
 SELECT has_function('public', 'tq_complete', ARRAY['bigint', 'integer', 'jsonb'], 'tq_complete(id, attempt, result) exists');
-SELECT has_function('public', 'tq_complete', ARRAY['bigint[]', 'integer[]', 'jsonb[]'], 'tq_complete(ids, attempts, results) exists');
+SELECT has_function('public', 'tq_complete', ARRAY['bigint[]', 'integer[]', 'jsonb[]', 'bigint[]'], 'tq_complete(ids, attempts, results, leases) exists');
 SELECT has_function('public', 'tq_fail', ARRAY['bigint', 'integer', 'text', 'text', 'interval'], 'tq_fail(id, attempt, error, retry, retry_after) exists');
-SELECT has_function('public', 'tq_fail', ARRAY['bigint[]', 'integer[]', 'text[]', 'text[]', 'interval[]'], 'tq_fail(ids, attempts, errors, retry, retry_after) exists');
+SELECT has_function('public', 'tq_fail', ARRAY['bigint[]', 'integer[]', 'text[]', 'text[]', 'interval[]', 'bigint[]'], 'tq_fail(ids, attempts, errors, retry, retry_after, leases) exists');
 SELECT has_function('public', 'tq_release', ARRAY['bigint', 'integer'], 'tq_release(id, attempt) exists');
-SELECT has_function('public', 'tq_release', ARRAY['bigint[]', 'integer[]'], 'tq_release(ids, attempts) exists');
-SELECT has_function('public', 'tq_heartbeat', ARRAY['text', 'bigint[]', 'integer[]'], 'tq_heartbeat(worker, ids, attempts) exists');
+SELECT has_function('public', 'tq_release', ARRAY['bigint[]', 'integer[]', 'bigint[]'], 'tq_release(ids, attempts, leases) exists');
+SELECT has_function('public', 'tq_heartbeat', ARRAY['text', 'bigint[]', 'integer[]', 'bigint[]'], 'tq_heartbeat(worker, ids, attempts, leases) exists');
 
 SELECT tq_create_queue('l1', lease => '45 seconds', timeout => '3 minutes', max_attempts => 2);
 SELECT tq_create_queue('l2');

@@ -177,15 +177,19 @@ SELECT is(ARRAY(SELECT signature FROM tq_functions f JOIN pg_proc p ON p.oid = f
 -- (tq_queue_stats, tq_tenants, tq_queue_activity, tq_shared_usage) call
 -- them as the reader, so the tq roles
 -- must be able to execute them; they are SECURITY DEFINER with a pinned
--- search_path (checked above) and only read shared memory.
+-- search_path (checked above) and only read shared memory.  And, since
+-- 0.7.0, the tenant binding's view helpers: tq.caller(), tq.caller_bound()
+-- and tq.tenant_allowed() (C, they read only the caller's own grants) and
+-- tq.tenant_grants() (SECURITY DEFINER, the caller's own rows).
 SELECT is(ARRAY(SELECT f.signature FROM tq_functions f JOIN pg_proc p ON p.oid = f.oid
                  WHERE p.pronamespace = 'tq'::regnamespace
                    AND (has_function_privilege('public', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_producer', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_worker', f.oid, 'EXECUTE')
                         OR has_function_privilege('tq_admin', f.oid, 'EXECUTE'))
-                 ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.shared_counts()', 'tq.shared_usage()'],
-    'no internal function in schema tq is executable by PUBLIC or the tq roles, except tq.activity(), tq.shared_counts() and tq.shared_usage() for the live views');
+                 ORDER BY 1), ARRAY['tq.activity(integer)', 'tq.caller()', 'tq.caller_bound()', 'tq.shared_counts()',
+                                    'tq.shared_usage()', 'tq.tenant_allowed(text,text)', 'tq.tenant_grants()'],
+    'no internal function in schema tq is executable by PUBLIC or the tq roles, except those the views call');
 SELECT ok((SELECT prosecdef FROM pg_proc WHERE oid = 'tq.shared_counts()'::regprocedure)
           AND NOT has_function_privilege('public', 'tq.shared_counts()', 'EXECUTE'),
     'tq.shared_counts() is SECURITY DEFINER and not executable by PUBLIC');

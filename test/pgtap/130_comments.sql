@@ -27,8 +27,8 @@ SELECT is(ARRAY(SELECT signature FROM tq_api_functions WHERE coalesce(obj_descri
 
 SELECT set_eq($$SELECT name FROM tq_api_views$$,
     ARRAY['tq_queue_stats', 'tq_queue_stats_exact', 'tq_queues', 'tq_schedules', 'tq_tenants',
-          'tq_queue_activity', 'tq_dead', 'tq_shared_usage'],
-    'the extension creates the views tq_queue_stats, tq_queue_stats_exact, tq_queues, tq_schedules, tq_tenants, tq_queue_activity, tq_dead and tq_shared_usage in the install schema');
+          'tq_queue_activity', 'tq_dead', 'tq_tenant_grants', 'tq_shared_usage'],
+    'the extension creates the views tq_queue_stats, tq_queue_stats_exact, tq_queues, tq_schedules, tq_tenants, tq_queue_activity, tq_dead, tq_tenant_grants and tq_shared_usage in the install schema');
 SELECT is(ARRAY(SELECT name FROM tq_api_views WHERE coalesce(obj_description(oid, 'pg_class'), '') = '' ORDER BY 1),
     '{}'::text[], 'every view in the install schema has a comment');
 SELECT is(ARRAY(SELECT v.name || '.' || a.attname

@@ -41,8 +41,8 @@ SELECT has_function('tq', 'submit_slow',
     ARRAY['text', 'jsonb', 'timestamp with time zone', 'integer', 'text', 'text', 'integer', 'interval', 'timestamp with time zone', 'text'],
     'tq.submit_slow takes a traceparent as its last argument');
 SELECT is((SELECT pg_get_function_result('tq_lease(text,text[],integer,interval)'::regprocedure)),
-    'TABLE(id bigint, queue text, payload jsonb, attempt integer, lease_until timestamp with time zone, tenant text, priority smallint, timeout interval, traceparent text)',
-    'tq_lease returns the traceparent as its last column');
+    'TABLE(id bigint, queue text, payload jsonb, attempt integer, lease_until timestamp with time zone, tenant text, priority smallint, timeout interval, traceparent text, lease_token bigint)',
+    'tq_lease returns the traceparent, and then (0.7.0) the lease token');
 SELECT ok(pg_get_function_result('tq_task(bigint)'::regprocedure) LIKE '%, traceparent text)',
     'tq_task shows the traceparent');
 SELECT has_column('public', 'tq_dead', 'traceparent', 'tq_dead shows the traceparent');

@@ -99,10 +99,12 @@ log_level = info
 handler = exec
 command = $handler
 concurrency = 8
+pass_env = PATH TQ_TEST_*   ; TQ_TEST_RUNLOG, the run log
 
 [queue:short]
 handler = exec
 command = $handler
+pass_env = PATH TQ_TEST_*
 timeout = 1s
 kill_grace = 500ms
 
@@ -120,10 +122,12 @@ function = public.double_it
 [queue:hb]
 handler = exec
 command = $handler
+pass_env = PATH TQ_TEST_*
 
 [queue:slowq]
 handler = exec
 command = $handler
+pass_env = PATH TQ_TEST_*
 
 [queue:sqlslow]
 handler = sql
@@ -133,6 +137,7 @@ timeout = 1s
 [queue:bigout]
 handler = exec
 command = $handler
+pass_env = PATH TQ_TEST_*
 max_output = 2MB
 EOF
 	print $fh $extra if defined $extra;

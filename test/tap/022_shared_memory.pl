@@ -2,7 +2,7 @@
 # 8 of the security review): the tables in shared memory that callers fill.
 #
 #   1. Fair-dispatch entries (tq.max_tenants = 64).  A producer fills the
-#      table with 80 tenants whose tasks run in ten years; a queue made
+#      table with 80 tenants whose tasks run in nine years; a queue made
 #      afterwards with backlog_limit 1 and concurrency 1 accepted 5 tasks,
 #      ran all 5 at once and showed 0 in its stats.  Now its limits hold,
 #      and so do they when the table stays full of tenants with ready
@@ -100,8 +100,8 @@ sub full_log_lines
 # 1a. The finding, as reported.
 my $log_offset = -s $node->logfile;
 my ($rc, $out, $err) = as('spoiler',
-	q{SELECT count(tq_submit('spoil', '{}', run_at => now() + interval '10 years', tenant => 'far' || i)) FROM generate_series(1, 80) i});
-is($out, '80', 'the spoiler submits 80 tasks of 80 tenants, due in ten years') or diag($err);
+	q{SELECT count(tq_submit('spoil', '{}', run_at => now() + interval '9 years', tenant => 'far' || i)) FROM generate_series(1, 80) i});
+is($out, '80', 'the spoiler submits 80 tasks of 80 tenants, due in nine years') or diag($err);
 sq(q{SELECT tq_create_queue('limited', backlog_limit => 1, concurrency => 1);
      SELECT tq_create_queue('conc', concurrency => 1)});
 my ($ok, @refused) = submit_n(5, q{SELECT tq_submit('limited', '{}')});
@@ -221,7 +221,7 @@ is($ok, 1, 'so does vip (one running, one parked; backlog_limit 2)');
 is(counts_add_up(), 't', 'after the rebuild, queue counts equal the tables, and tenants plus overflow add up');
 
 # Everything runs to the end; the counts go back to what is left (the
-# spoiler's 80 tasks due in ten years).
+# spoiler's 80 tasks due in nine years).
 my $rounds = 0;
 while (sq(q{SELECT count(*) FROM tq.task WHERE queue <> 'spoil'}) > 0 && $rounds++ < 50)
 {

@@ -31,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <ini.h>
 
@@ -605,6 +606,7 @@ Config *
 config_load(const char *path, char *err, size_t errlen)
 {
 	Parser p = {.path = path, .err = err, .errlen = errlen, .sec = SEC_NONE, .last_key = -1};
+	struct stat st;
 	int ret;
 
 	if (err != NULL && errlen > 0)
@@ -623,6 +625,9 @@ config_load(const char *path, char *err, size_t errlen)
 		failf(&p, 0, "cannot open: %m");
 		goto fail;
 	}
+	/* The mode of the file read, not of whatever is at path later. */
+	if (fstat(fileno(p.f), &st) == 0)
+		p.c->file_mode = st.st_mode & 07777;
 
 	ret = ini_parse_stream(read_line, &p, on_value, &p);
 	/*
@@ -683,7 +688,9 @@ config_free(Config *c)
 		free(q->command);
 		free_argv(q->argv);
 		free(q->function);
+		free(q->pass_env);
 		free(q->url);
+		free(q->url_shown);
 		free(q->headers);
 		free_argv(q->header_list);
 		free(q->ca_file);
@@ -693,6 +700,10 @@ config_free(Config *c)
 	free(c->conninfo);
 	free(c->worker_name);
 	free(c->metrics_listen);
+	free(c->http_allowed_hosts);
+	free_argv(c->allowed_hosts);
+	free(c->http_token_file);
+	free_secret(c->http_token);
 	free(c);
 }
 

@@ -67,10 +67,12 @@ typedef struct QueueConf
 	size_t memory_limit;  /* bytes, RLIMIT_AS; 0 = none */
 	double cpu_limit;     /* s, RLIMIT_CPU; 0 = none */
 	int throttled_exit;   /* exit status meaning "throttled" */
+	char *pass_env;       /* tqd's variables the program gets: names, NAME* globs, blanks between */
 	/* sql */
 	char *function; /* function called with the payload, e.g. app.handle */
 	/* http */
 	char *url;             /* where each task is sent */
+	char *url_shown;       /* url as tqd prints it: query and fragment redacted (check_url) */
 	int method;            /* HttpMethod */
 	char *headers;         /* as written: "Name: value" lines */
 	char **header_list;    /* headers split into lines, NULL-terminated (or NULL) */
@@ -92,6 +94,7 @@ typedef struct QueueConf
 typedef struct Config
 {
 	char *path;                /* the file read */
+	unsigned file_mode;        /* its permission bits when it was read (config_secrets.c) */
 	char *conninfo;            /* libpq connection string */
 	char *worker_name;         /* "" = host:pid */
 	int slots;                 /* tasks at once over all queues */
@@ -106,6 +109,16 @@ typedef struct Config
 	double status_interval;    /* s: status line per http endpoint; 0 = never */
 	char *metrics_listen;      /* address of /metrics; "" = off */
 	int dashboard;             /* serve the dashboard on metrics_listen (0/1) */
+
+	/* metrics_listen's access (httpd_access.c) and limits (httpd.c) */
+	char *http_allowed_hosts;        /* as written: more names for Host */
+	char **allowed_hosts;            /* those split, lowercase, NULL-terminated (or NULL) */
+	char *http_token_file;           /* the file of the bearer token; "" = no token */
+	char *http_token;                /* the token read from it; NULL = none */
+	int http_max_connections;        /* connections open at once */
+	int http_max_connections_per_ip; /* ... from one client address */
+	double http_timeout;             /* s: a silent connection is closed */
+
 	LogLevel log_level;
 	QueueConf *queues;
 	int nqueues;
@@ -120,6 +133,22 @@ extern Config *config_load(const char *path, char *err, size_t errlen)
 	__attribute__((warn_unused_result));
 extern void config_free(Config *c);
 extern const QueueConf *config_queue(const Config *c, const char *name);
+
+/*
+ * The secrets in c that others may read (config_secrets.c): when the file
+ * was readable by its group or by others and holds a password (conninfo),
+ * a header whose name looks secret (Authorization, *Token*, *Key*, ...) or
+ * a URL query parameter whose name does, what they are, e.g.
+ * "conninfo password, header \"Authorization\" of queue \"hooks\"", in buf,
+ * and true.  False when the file was private or holds none.
+ */
+extern bool config_exposed_secrets(const Config *c, char *buf, size_t len);
+/*
+ * Warns when config_exposed_secrets finds any, with the fix (chmod 600):
+ * two lines on out (--check-config), or a log line when out is NULL
+ * (startup and reload).
+ */
+extern void config_warn_exposed(const Config *c, FILE *out);
 
 /* Prints every key at its default, as the sample file does. */
 extern void config_print_defaults(FILE *out);

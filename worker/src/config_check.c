@@ -21,6 +21,7 @@
 #include <libpq-fe.h>
 
 #include "config_keys.h"
+#include "http.h"
 #include "httpd.h"
 #include "util.h"
 
@@ -141,35 +142,103 @@ check_throttled_exit(void *base, char *msg, size_t msglen)
 }
 
 /*
+ * The names in pass_env: NAME or PREFIX* (PREFIX may be empty: "*" passes
+ * everything), NAME and PREFIX made of letters, digits and _, not starting
+ * with a digit (what a shell can set).  exec_child.c's build_env matches
+ * them.
+ */
+bool
+check_pass_env(void *base, char *msg, size_t msglen)
+{
+	QueueConf *q = base;
+	const char *s = skip_blanks(q->pass_env);
+
+	while (*s != '\0')
+	{
+		size_t n = 0;
+		bool good;
+
+		while (s[n] != '\0' && !is_blank(s[n]))
+			n++;
+		good = !isdigit((unsigned char) s[0]);
+		for (size_t i = 0; i < n && good; i++)
+		{
+			unsigned char c = (unsigned char) s[i];
+
+			good = (c < 0x80 && (isalnum(c) || c == '_')) || (c == '*' && i == n - 1);
+		}
+		if (!good)
+		{
+			snprintf(msg, msglen,
+					 "invalid name \"%.*s\": expected variable names (letters, digits and _, not "
+					 "starting with a digit), each optionally ending in * (LC_*), separated by "
+					 "blanks",
+					 (int) n, s);
+			return false;
+		}
+		s = skip_blanks(s + n);
+	}
+	return true;
+}
+
+/* An '@' between "://" and the path: user info, even an empty one ("http://@host"). */
+static bool
+has_userinfo(const char *url)
+{
+	const char *auth = strstr(url, "://");
+
+	auth = auth != NULL ? auth + 3 : url;
+	return memchr(auth, '@', strcspn(auth, "/?#")) != NULL;
+}
+
+/*
  * The URL is parsed with libcurl's own parser, the one that will use it:
- * what it accepts here is what the requests go to.  Only http and https.
+ * what it accepts here is what the requests go to.  Only http and https,
+ * and no user name or password: tqd prints the URL (logs, task logs that
+ * producers read, /metrics), so credentials go in headers, which it never
+ * prints.  Messages show the URL redacted (http_url_redact), since they
+ * reach tqd's log too (a reload that fails); url_shown is that form.
  */
 bool
 check_url(void *base, char *msg, size_t msglen)
 {
 	QueueConf *q = base;
 	CURLU *u = curl_url();
-	char *scheme = NULL, *host = NULL;
+	char *scheme = NULL, *host = NULL, *user = NULL, *password = NULL;
+	char shown[1024];
 	CURLUcode rc;
 	bool good = false;
 
-	if (u == NULL)
+	http_url_redact(q->url, shown, sizeof(shown));
+	free(q->url_shown);
+	q->url_shown = strdup(shown);
+	if (u == NULL || q->url_shown == NULL)
 	{
 		snprintf(msg, msglen, "out of memory");
+		curl_url_cleanup(u);
 		return false;
 	}
 	rc = curl_url_set(u, CURLUPART_URL, q->url, 0);
 	if (rc != CURLUE_OK)
-		snprintf(msg, msglen, "invalid URL \"%s\": %s", q->url, curl_url_strerror(rc));
+		snprintf(msg, msglen, "invalid URL \"%s\": %s", shown, curl_url_strerror(rc));
 	else if (curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
 			 (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0))
-		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", q->url);
+		snprintf(msg, msglen, "invalid URL \"%s\": the scheme must be http or https", shown);
 	else if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
-		snprintf(msg, msglen, "invalid URL \"%s\": no host", q->url);
+		snprintf(msg, msglen, "invalid URL \"%s\": no host", shown);
+	else if (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+			 curl_url_get(u, CURLUPART_PASSWORD, &password, 0) == CURLUE_OK || has_userinfo(q->url))
+		snprintf(msg, msglen,
+				 "URL \"%s\" has a user name or password in it: tqd prints URLs (logs, task "
+				 "logs, /metrics), so give credentials with the headers key instead, which it "
+				 "never prints (e.g. headers = Authorization: Basic <base64 of user:password>)",
+				 shown);
 	else
 		good = true;
 	curl_free(scheme);
 	curl_free(host);
+	curl_free(user);
+	curl_free(password);
 	curl_url_cleanup(u);
 	return good;
 }
@@ -333,4 +402,149 @@ check_aimd_min(void *base, char *msg, size_t msglen)
 		return false;
 	}
 	return true;
+}
+
+/*
+ * Names for the Host header besides localhost and IP addresses
+ * (httpd_access.c), split at blanks and commas into allowed_hosts, in
+ * lowercase.  A name is DNS letters, digits, '-', '.' and '_', without a
+ * port: any port is accepted with it.
+ */
+bool
+check_http_allowed_hosts(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	const char *s = c->http_allowed_hosts;
+	char **list = NULL;
+	int n = 0;
+
+	free_argv(c->allowed_hosts);
+	c->allowed_hosts = NULL;
+	for (;;)
+	{
+		size_t len;
+		char *name, **more;
+
+		while (*s == ',' || is_blank(*s))
+			s++;
+		if (*s == '\0')
+			break;
+		len = strcspn(s, ", \t\n\r\v\f");
+		for (size_t i = 0; i < len; i++)
+			if (!isalnum((unsigned char) s[i]) || (unsigned char) s[i] >= 0x80)
+				if (s[i] != '-' && s[i] != '.' && s[i] != '_')
+				{
+					snprintf(msg, msglen,
+							 "invalid host name \"%.*s\": letters, digits, '-', '.' and '_' "
+							 "only, without a port (any port is accepted)",
+							 (int) (len > 255 ? 255 : len), s);
+					goto fail;
+				}
+		if (len > 253)
+		{
+			snprintf(msg, msglen, "invalid host name \"%.40s...\": longer than 253 bytes", s);
+			goto fail;
+		}
+		more = realloc(list, (size_t) (n + 2) * sizeof(char *));
+		name = strndup(s, len);
+		if (more == NULL || name == NULL)
+		{
+			free(name);
+			if (more != NULL)
+				list = more;
+			snprintf(msg, msglen, "out of memory");
+			goto fail;
+		}
+		list = more;
+		for (size_t i = 0; i < len; i++)
+			name[i] = (char) tolower((unsigned char) name[i]);
+		list[n++] = name;
+		list[n] = NULL;
+		s += len;
+	}
+	c->allowed_hosts = list;
+	return true;
+fail:
+	if (list != NULL)
+	{
+		list[n] = NULL;
+		free_argv(list);
+	}
+	return false;
+}
+
+/* The least length of a bearer token: 16 characters guessed online is hopeless. */
+#define TOKEN_MIN_LENGTH 16
+/* The most a token file may hold. */
+#define TOKEN_MAX_LENGTH 4096
+
+/*
+ * The token is read here, at load and at every reload (so a new token is a
+ * SIGHUP away), into http_token: one line of printable ASCII without blanks
+ * (it travels in a header), at least TOKEN_MIN_LENGTH long.  Messages never
+ * show the file's content.
+ */
+bool
+check_http_token_file(void *base, char *msg, size_t msglen)
+{
+	Config *c = base;
+	char buf[TOKEN_MAX_LENGTH + 2];
+	size_t len;
+	FILE *f;
+
+	free_secret(c->http_token);
+	c->http_token = NULL;
+	if (c->http_token_file[0] == '\0')
+		return true;
+	f = fopen(c->http_token_file, "re");
+	if (f == NULL)
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", c->http_token_file);
+		return false;
+	}
+	len = fread(buf, 1, sizeof(buf) - 1, f);
+	if (ferror(f))
+	{
+		snprintf(msg, msglen, "cannot read \"%s\": %m", c->http_token_file);
+		fclose(f);
+		explicit_bzero(buf, sizeof(buf));
+		return false;
+	}
+	fclose(f);
+	buf[len] = '\0';
+	if (len > 0 && buf[len - 1] == '\n')
+		buf[--len] = '\0';
+	if (len > 0 && buf[len - 1] == '\r')
+		buf[--len] = '\0';
+	if (len > TOKEN_MAX_LENGTH)
+		snprintf(msg, msglen, "\"%s\" is longer than %d bytes: a token is one line",
+				 c->http_token_file, TOKEN_MAX_LENGTH);
+	else if (len < TOKEN_MIN_LENGTH)
+		snprintf(msg, msglen,
+				 "the token in \"%s\" is %zu characters long: at least %d are needed "
+				 "(e.g. openssl rand -hex 32)",
+				 c->http_token_file, len, TOKEN_MIN_LENGTH);
+	else
+	{
+		for (size_t i = 0; i < len; i++)
+			if (buf[i] < 0x21 || buf[i] > 0x7e)
+			{
+				snprintf(msg, msglen,
+						 "the token in \"%s\" must be one line of printable ASCII without "
+						 "blanks",
+						 c->http_token_file);
+				explicit_bzero(buf, sizeof(buf));
+				return false;
+			}
+		c->http_token = strdup(buf);
+		explicit_bzero(buf, sizeof(buf));
+		if (c->http_token == NULL)
+		{
+			snprintf(msg, msglen, "out of memory");
+			return false;
+		}
+		return true;
+	}
+	explicit_bzero(buf, sizeof(buf));
+	return false;
 }

@@ -70,7 +70,30 @@ const KeyDef config_keys[NKEYS] = {
 	G(dashboard, KT_ENUM, "off", 0, 0, .names = off_on_names, .check = check_dashboard,
 	  .desc = "Serve the read-only dashboard (queues, rates, dead tasks, a task's attempts, "
 			  "log and result) at / on metrics_listen.  It shows task payloads, errors and "
-			  "results: keep the address private, or put an authenticating proxy in front."),
+			  "results: keep the address private, set http_token_file, or put an "
+			  "authenticating proxy in front."),
+	G(http_allowed_hosts, KT_STRING, "", 0, 0, .check = check_http_allowed_hosts,
+	  .desc = "Host names, besides localhost and IP addresses, that a request to "
+			  "metrics_listen may name in its Host header (any port), separated by blanks "
+			  "or commas: the name a proxy or a Prometheus target uses, a Kubernetes "
+			  "service.  Another name gets 421, against DNS rebinding; /healthz and /readyz "
+			  "answer whatever the name."),
+	G(http_token_file, KT_STRING, "", 0, 0, .check = check_http_token_file,
+	  .desc = "File holding a bearer token: one line of at least 16 printable characters "
+			  "(openssl rand -hex 32).  With one, /metrics and the dashboard's data (/api/*) "
+			  "need \"Authorization: Bearer TOKEN\" (401 without); /healthz, /readyz and the "
+			  "dashboard's page do not, and the page asks for the token.  Read again at "
+			  "reload; empty = no token."),
+	G(http_max_connections, KT_INT, "256", 1, 10000,
+	  .desc = "Connections metrics_listen holds open at once; more wait to be accepted.  "
+			  "Read at start."),
+	G(http_max_connections_per_ip, KT_INT, "16", 1, 10000,
+	  .desc = "Connections one client address may hold open on metrics_listen; more are "
+			  "closed at once, so that one client cannot keep out the probes of others.  "
+			  "Behind a reverse proxy every request comes from its address.  Read at start."),
+	G(http_timeout, KT_DURATION, "5s", 1, HOUR,
+	  .desc = "A connection of metrics_listen that sends nothing for this long is closed "
+			  "(whole seconds, rounded up).  Read at start."),
 	G(log_level, KT_ENUM, "info", 0, 0, .names = log_level_names,
 	  .desc = "Least severe messages logged."),
 
@@ -107,13 +130,21 @@ const KeyDef config_keys[NKEYS] = {
 	  .check = check_throttled_exit,
 	  .desc = "Exit status meaning \"throttled\": the task is retried later without "
 			  "counting an attempt.  Not 64, 65 or 75, which have their own meaning."),
+	Q(pass_env, KT_STRING, "PATH HOME LANG LC_* TZ TMPDIR USER LOGNAME SHELL", 0, 0,
+	  .handlers = ONLY(HANDLER_EXEC), .check = check_pass_env,
+	  .desc = "Variables of tqd's environment the program gets, separated by blanks: names, "
+			  "or a prefix and * (LC_*); * alone passes them all, empty none.  The task's own "
+			  "(TQ_TASK_ID, ...) are set whatever this says.  Secrets in tqd's environment "
+			  "(PGPASSWORD, AWS_SECRET_ACCESS_KEY) reach the program only if listed here."),
 	Q(function, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "app.handle_task",
 	  .handlers = ONLY(HANDLER_SQL), .check = check_function,
 	  .desc = "Function called with each task's payload, as name or schema.name."),
 	Q(url, KT_STRING, NULL, 0, 0, .flags = KF_REQUIRED, .example = "https://api.example.com/tasks",
 	  .handlers = ONLY(HANDLER_HTTP), .check = check_url,
 	  .desc = "Where each task is sent (http:// or https://); the payload is the body, "
-			  "never part of the URL."),
+			  "never part of the URL.  No user name or password in it (put them in headers): "
+			  "tqd prints the URL in logs, task logs and /metrics, with the query and fragment "
+			  "shown as ?<redacted> and #<redacted>."),
 	Q(method, KT_ENUM, "POST", 0, 0, .names = method_names, .handlers = ONLY(HANDLER_HTTP),
 	  .desc = "HTTP method of the request."),
 	Q(headers, KT_STRING, "", 0, 0, .flags = KF_LINES, .handlers = ONLY(HANDLER_HTTP),

@@ -9,6 +9,7 @@
  *	                  formatting ranges and values for messages
  *	  config_check.c  the per-key checks (KeyDef.check)
  *	  config.c        reading the file: libinih, sections, errors
+ *	  config_secrets.c  secrets in a file others can read (the warning)
  *	  argv.c          splitting a command into words (config.h)
  *
  * A KeyDef says where its value goes (an offset into Config or
@@ -88,7 +89,7 @@ typedef struct KeyDef
 #define NAME_MAX_BYTES 63
 
 /* Keys in config_keys[] (config_keys.c checks the count when it compiles). */
-#define NKEYS 42
+#define NKEYS 48
 
 /* config_keys.c */
 
@@ -118,11 +119,14 @@ extern bool check_conninfo(void *base, char *msg, size_t msglen);
 extern bool check_command(void *base, char *msg, size_t msglen);
 extern bool check_function(void *base, char *msg, size_t msglen);
 extern bool check_throttled_exit(void *base, char *msg, size_t msglen);
+extern bool check_pass_env(void *base, char *msg, size_t msglen);
 extern bool check_url(void *base, char *msg, size_t msglen);
 extern bool check_headers(void *base, char *msg, size_t msglen);
 extern bool check_ca_file(void *base, char *msg, size_t msglen);
 extern bool check_aimd_min(void *base, char *msg, size_t msglen);
 extern bool check_metrics_listen(void *base, char *msg, size_t msglen);
 extern bool check_dashboard(void *base, char *msg, size_t msglen);
+extern bool check_http_allowed_hosts(void *base, char *msg, size_t msglen);
+extern bool check_http_token_file(void *base, char *msg, size_t msglen);
 
 #endif

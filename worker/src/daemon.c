@@ -55,6 +55,7 @@
  * pgc_free (which defers), exec_free (allowed by exec.h) and http_free
  * (allowed by http.h).
  */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,6 +72,17 @@ void
 array_literal_append(char *buf, size_t len, size_t *o, long long v, bool first)
 {
 	int n = snprintf(buf + *o, len - *o, "%s%lld", first ? "" : ",", v);
+
+	if (n > 0)
+		*o += (size_t) n;
+}
+
+/* Appends a lease token to a bigint[] literal: NULL for none (0). */
+void
+token_literal_append(char *buf, size_t len, size_t *o, long long token, bool first)
+{
+	int n = token != 0 ? snprintf(buf + *o, len - *o, "%s%lld", first ? "" : ",", token)
+					   : snprintf(buf + *o, len - *o, "%sNULL", first ? "" : ",");
 
 	if (n > 0)
 		*o += (size_t) n;
@@ -259,16 +271,23 @@ daemon_run(Daemon *d)
 	if (d->config->metrics_listen[0] != '\0')
 	{
 		char err[512];
+		HttpdLimits limits = {
+			.max_connections = (unsigned int) d->config->http_max_connections,
+			.max_per_ip = (unsigned int) d->config->http_max_connections_per_ip,
+			.timeout = (unsigned int) ceil(d->config->http_timeout),
+		};
 
-		d->httpd =
-			httpd_start(d->loop, d->config->metrics_listen, metrics_serve, d, err, sizeof(err));
+		d->httpd = httpd_start(d->loop, d->config->metrics_listen, &limits, metrics_serve, d, err,
+							   sizeof(err));
 		if (d->httpd == NULL)
 		{
 			tlog(LOG_ERROR, "cannot serve /metrics", "error=%s", kvq(err));
 			return 1;
 		}
-		tlog(LOG_INFO, "serving /metrics, /healthz and /readyz", "listen=%s port=%d",
-			 kvq(d->config->metrics_listen), httpd_port(d->httpd));
+		tlog(LOG_INFO, "serving /metrics, /healthz and /readyz",
+			 "listen=%s port=%d token=%s allowed_hosts=%s", kvq(d->config->metrics_listen),
+			 httpd_port(d->httpd), d->config->http_token ? "required" : "none",
+			 kvq(d->config->http_allowed_hosts));
 		metrics_dashboard_sync(d);
 	}
 	tlog(LOG_INFO, "starting", "version=%s worker=%s queues=%d slots=%d", TQD_VERSION,
@@ -311,6 +330,7 @@ daemon_free(Daemon *d)
 
 		d->endpoints = e->next;
 		free(e->url);
+		free(e->shown);
 		free(e);
 	}
 	while (d->queues)

@@ -108,14 +108,16 @@ typedef struct Histogram
  * An HTTP endpoint: the URL of one or more http queues (queues with the
  * same url share it) and its adaptive window.  Kept across reloads while
  * its URL stays configured, so a reload does not reset what was learnt.
+ * tqd prints only shown, never url: the query may hold an API key.
  */
 typedef struct Endpoint
 {
 	struct Endpoint *next;
-	char *url;
-	bool used;                                  /* a queue of the current config sends here */
-	Aimd aimd;                                  /* the window, and the requests in flight */
-	int asked;                                  /* tasks asked for by leases on their way */
+	char *url;   /* as configured: what requests go to, and the endpoint's key */
+	char *shown; /* url redacted (http_url_redact), " (2)" after it if another has that form */
+	bool used;   /* a queue of the current config sends here */
+	Aimd aimd;   /* the window, and the requests in flight */
+	int asked;   /* tasks asked for by leases on their way */
 	long long logged_answers, logged_throttled; /* totals at the last status line */
 } Endpoint;
 
@@ -136,6 +138,7 @@ typedef struct Task
 	Queue *queue;
 	long long id;
 	int attempt;
+	long long lease_token; /* tq_lease's lease_token; 0: none (tq before 0.7.0) */
 	char *tenant;
 	char *payload;
 	char *traceparent; /* W3C trace context handed to the handler, or NULL */
@@ -245,6 +248,7 @@ struct Daemon
 
 /* Appends v to a PostgreSQL array literal of numbers ("{1,2") being built. */
 extern void array_literal_append(char *buf, size_t len, size_t *o, long long v, bool first);
+extern void token_literal_append(char *buf, size_t len, size_t *o, long long token, bool first);
 
 /* queue.c */
 

@@ -202,6 +202,13 @@ asset(Buf *body, const char **type, const char *ctype, const char *start, const 
 	return 200;
 }
 
+bool
+dashboard_is_page(const char *path)
+{
+	return strcmp(path, "/") == 0 || strcmp(path, "/index.html") == 0 ||
+		   strcmp(path, "/dashboard.js") == 0 || strcmp(path, "/dashboard.css") == 0;
+}
+
 int
 dashboard_serve(Dashboard *db, HttpdReq *req, const char *path, Buf *body,
 				const char **content_type)

@@ -40,6 +40,11 @@ extern void dashboard_set_conninfo(Dashboard *db, const char *conninfo);
  */
 extern int dashboard_serve(Dashboard *db, HttpdReq *req, const char *path, Buf *body,
 						   const char **content_type);
+/*
+ * path is one of the page's own files (/, /index.html, /dashboard.js,
+ * /dashboard.css): the same for everyone, without data.
+ */
+extern bool dashboard_is_page(const char *path);
 /* Times the connection was lost (for /metrics). */
 extern long long dashboard_disconnects(const Dashboard *db);
 extern bool dashboard_connected(const Dashboard *db);

@@ -646,7 +646,7 @@ exec_start(struct ev_loop *loop, const ExecSpec *spec, ExecDoneFn done, void *ar
 		memcpy(run->input, spec->input, spec->input_len);
 		run->input_len = spec->input_len;
 	}
-	envp = build_env(spec->env);
+	envp = build_env(spec->env, spec->pass_env);
 	if (envp == NULL)
 		goto fail_nomem;
 	prepare_limits(spec, &lim);

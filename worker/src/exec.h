@@ -37,9 +37,11 @@
 
 typedef struct ExecSpec
 {
-	char *const *argv; /* argv[0] is looked up in PATH if it has no '/' */
-	char *const *env;  /* NAME=VALUE entries added to tqd's own; a bare NAME unsets it */
-	const char *input; /* written to stdin, then stdin is closed */
+	char *const *argv;    /* argv[0] is looked up in PATH if it has no '/' */
+	char *const *env;     /* NAME=VALUE entries added to tqd's own; a bare NAME unsets it */
+	const char *pass_env; /* tqd's variables passed on: NAME and PREFIX* separated by
+						   * blanks ("*": all; "": none); NULL = all of them */
+	const char *input;    /* written to stdin, then stdin is closed */
 	size_t input_len;
 	double timeout;       /* s; 0 = none */
 	double kill_grace;    /* s between SIGTERM and SIGKILL */

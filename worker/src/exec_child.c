@@ -87,14 +87,50 @@ env_named_in(const char *entry, char *const *list)
 }
 
 /*
- * The child's environment: tqd's environ without the variables that extra
- * names, then extra's NAME=VALUE entries (of two entries in extra for one
- * variable the later wins; a bare NAME unsets it).  The array points into
- * environ and extra, which stay put until the fork; it is built here
- * because the child may not call malloc.
+ * pass is blank-separated words: a NAME matches that variable only, a
+ * word ending in * every variable whose name starts with what comes
+ * before it ("*" all of them).  config_check.c's check_pass_env says
+ * which words a configuration may give.
+ */
+bool
+env_passed(const char *entry, const char *pass)
+{
+	size_t len = env_name_len(entry);
+	const char *s = pass;
+
+	if (pass == NULL)
+		return true;
+	while (*s != '\0')
+	{
+		size_t n = 0;
+
+		while (*s == ' ' || *s == '\t' || *s == '\n')
+			s++;
+		while (s[n] != '\0' && s[n] != ' ' && s[n] != '\t' && s[n] != '\n')
+			n++;
+		if (n > 0 && s[n - 1] == '*')
+		{
+			if (len >= n - 1 && memcmp(entry, s, n - 1) == 0)
+				return true;
+		}
+		else if (n > 0 && n == len && memcmp(entry, s, n) == 0)
+			return true;
+		s += n;
+	}
+	return false;
+}
+
+/*
+ * The child's environment: the variables of tqd's environ that pass names
+ * (secrets in tqd's environment stay with tqd unless a queue's pass_env
+ * lists them) and that extra does not name, then extra's NAME=VALUE
+ * entries (of two entries in extra for one variable the later wins; a
+ * bare NAME unsets it).  The array points into environ and extra, which
+ * stay put until the fork; it is built here because the child may not
+ * call malloc.
  */
 char **
-build_env(char *const *extra)
+build_env(char *const *extra, const char *pass)
 {
 	size_t n = 0;
 	char **envp;
@@ -109,7 +145,7 @@ build_env(char *const *extra)
 
 	n = 0;
 	for (char **e = environ; e && *e; e++)
-		if (!env_named_in(*e, extra))
+		if (env_passed(*e, pass) && !env_named_in(*e, extra))
 			envp[n++] = *e;
 	for (char *const *x = extra; x && *x; x++)
 		if ((*x)[env_name_len(*x)] == '=' && !env_named_in(*x, x + 1))

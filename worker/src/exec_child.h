@@ -42,8 +42,13 @@ typedef struct ChildLimits
  */
 extern bool make_pipe(int fds[2]) __attribute__((warn_unused_result));
 extern bool set_nonblock(int fd) __attribute__((warn_unused_result));
-/* The child's environment: tqd's, changed by extra (ExecSpec.env); NULL when out of memory. */
-extern char **build_env(char *const *extra) __attribute__((warn_unused_result));
+/*
+ * The child's environment: tqd's variables that pass names (ExecSpec.pass_env;
+ * NULL = all), changed by extra (ExecSpec.env); NULL when out of memory.
+ */
+extern char **build_env(char *const *extra, const char *pass) __attribute__((warn_unused_result));
+/* Whether the variable of entry (NAME=VALUE) is one that pass names (pure). */
+extern bool env_passed(const char *entry, const char *pass);
 /* The child's rlimits, from the spec, bounded by the current hard limits. */
 extern void prepare_limits(const ExecSpec *spec, ChildLimits *lim);
 /*

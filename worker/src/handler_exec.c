@@ -106,6 +106,7 @@ exec_task_start(Task *t)
 	memset(&spec, 0, sizeof(spec));
 	spec.argv = qc->argv;
 	spec.env = exec_task_env(t);
+	spec.pass_env = qc->pass_env;
 	spec.input = t->payload;
 	spec.input_len = strlen(t->payload);
 	spec.timeout = t->timeout;

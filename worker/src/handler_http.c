@@ -61,8 +61,8 @@ http_task_done(HttpRequest *req, const HttpResult *r, void *arg)
 			t->retry_after = fmin(r->retry_after, 30 * 86400.0); /* tq_fail's limit */
 		/* The task's log says what happened to each failed attempt. */
 		snprintf(line, sizeof(line), "%s %s: %s (%.3f s)%s",
-				 method_text[t->queue->conf ? t->queue->conf->method : 0], e->url, how, r->seconds,
-				 r->retry_after >= 0 ? "; Retry-After honoured" : "");
+				 method_text[t->queue->conf ? t->queue->conf->method : 0], e->shown, how,
+				 r->seconds, r->retry_after >= 0 ? "; Retry-After honoured" : "");
 		t->log = json_array();
 		json_array_append_new(t->log, json_string(line));
 		tlog(LOG_INFO, "task failed",
@@ -75,19 +75,50 @@ http_task_done(HttpRequest *req, const HttpResult *r, void *arg)
 	task_done(t, REPORT_FAIL);
 }
 
+/*
+ * Whether the task's tenant can go into X-TQ-Tenant (fits in len bytes
+ * with the name, and http_header_value_ok).  When it cannot, the attempt
+ * fails for good: trying again cannot change the tenant, and sending the
+ * task without the header would let the endpoint take it for a task
+ * without one.  tq refuses control characters at submit, so such a tenant
+ * was written around its checks, or holds a line separator (U+2028...).
+ * Logged, with the tenant quoted (kvq escapes what it holds).
+ */
+static bool
+http_tenant_ok(Task *t, size_t len)
+{
+	char why[128];
+
+	if (t->tenant == NULL)
+		return true;
+	if (strlen("X-TQ-Tenant: ") + strlen(t->tenant) >= len)
+		snprintf(why, sizeof(why), "longer than %zu bytes", len - strlen("X-TQ-Tenant: ") - 1);
+	else if (http_header_value_ok(t->tenant, why, sizeof(why)))
+		return true;
+	tlog(LOG_ERROR, "tenant not sent: it cannot be a header value",
+		 "task=%lld queue=%s attempt=%d tenant=%s why=%s", t->id, kvq(t->queue->name), t->attempt,
+		 kvq(t->tenant), kvq(why));
+	task_fail(t, RETRY_NEVER, "the task's tenant cannot be sent in the X-TQ-Tenant header: %s",
+			  why);
+	task_done(t, REPORT_FAIL);
+	return false;
+}
+
 /* Sends the task to its queue's URL. */
 void
 http_task_start(Task *t)
 {
 	const QueueConf *qc = t->queue->conf;
 	Daemon *d = t->d;
-	char hid[48], hatt[32], hqueue[128], htenant[256], hdeadline[64];
+	char hid[48], hatt[32], hqueue[128], htenant[1024], hdeadline[64];
 	char htrace[sizeof("traceparent: ") + TRACEPARENT_MAX];
 	const char *headers[8 + 64];
 	int nh = 0;
 	HttpSpec spec;
 	char err[512];
 
+	if (!http_tenant_ok(t, sizeof(htenant)))
+		return;
 	snprintf(hid, sizeof(hid), "X-TQ-Task-Id: %lld", t->id);
 	snprintf(hatt, sizeof(hatt), "X-TQ-Attempt: %d", t->attempt);
 	snprintf(hqueue, sizeof(hqueue), "X-TQ-Queue: %s", t->queue->name);
@@ -133,7 +164,7 @@ http_task_start(Task *t)
 	if (t->http == NULL)
 	{
 		tlog(LOG_ERROR, "could not start the request", "task=%lld queue=%s url=%s error=%s", t->id,
-			 kvq(t->queue->name), kvq(qc->url), kvq(err));
+			 kvq(t->queue->name), kvq(t->ep->shown), kvq(err));
 		/* A failed attempt with backoff, not a release: see exec_task_start. */
 		task_fail(t, RETRY_AUTO, "could not start the request: %s", err);
 		task_done(t, REPORT_FAIL);

@@ -139,9 +139,10 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 {
 	Daemon *d = container_of(w, Daemon, hb_timer);
 	int n = 0;
-	size_t len, io = 0, ao = 0;
-	char *ids, *atts;
-	const char *params[3];
+	size_t len, io = 0, ao = 0, to = 0;
+	char *ids, *atts, *toks;
+	const char *params[4];
+	bool any_token = false;
 	HbCall *hc;
 
 	for (Task *t = d->tasks; t; t = t->next)
@@ -158,27 +159,38 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	len = (size_t) n * 22 + 3;
 	ids = xcalloc(1, len);
 	atts = xcalloc(1, len);
+	toks = xcalloc(1, len);
 	hc = xcalloc(1, sizeof(HbCall));
 	hc->d = d;
 	hc->ids = xcalloc((size_t) n, sizeof(long long));
 	hc->attempts = xcalloc((size_t) n, sizeof(int));
 	ids[io++] = '{';
 	atts[ao++] = '{';
+	toks[to++] = '{';
 	for (Task *t = d->tasks; t; t = t->next)
 	{
 		array_literal_append(ids, len, &io, t->id, hc->n == 0);
 		array_literal_append(atts, len, &ao, t->attempt, hc->n == 0);
+		token_literal_append(toks, len, &to, t->lease_token, hc->n == 0);
+		if (t->lease_token != 0)
+			any_token = true;
 		hc->ids[hc->n] = t->id;
 		hc->attempts[hc->n] = t->attempt;
 		hc->n++;
 	}
 	ids[io] = '}';
 	atts[ao] = '}';
+	toks[to] = '}';
 	params[0] = d->worker;
 	params[1] = ids;
 	params[2] = atts;
-	if (pgc_send(d->work, "SELECT id, reason FROM tq_heartbeat($1, $2::bigint[], $3::integer[])", 3,
-				 params, heartbeat_result, hc))
+	params[3] = toks;
+	/* The lease tokens when there are any (tq 0.7.0 on; see report.c). */
+	if (pgc_send(d->work,
+				 any_token ? "SELECT id, reason FROM tq_heartbeat($1, $2::bigint[], $3::integer[],"
+							 " leases => $4::bigint[])"
+						   : "SELECT id, reason FROM tq_heartbeat($1, $2::bigint[], $3::integer[])",
+				 any_token ? 4 : 3, params, heartbeat_result, hc))
 		d->heartbeats++;
 	else
 	{
@@ -188,4 +200,5 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	}
 	free(ids);
 	free(atts);
+	free(toks);
 }

@@ -603,3 +603,90 @@ http_free(HttpRequest *r)
 	free(r->body);
 	free(r);
 }
+
+bool
+http_header_value_ok(const char *value, char *why, size_t whylen)
+{
+	static const struct
+	{
+		const char *bytes; /* UTF-8 */
+		const char *name;
+	} breaks[] = {{"\xc2\x85", "U+0085"}, {"\xe2\x80\xa8", "U+2028"}, {"\xe2\x80\xa9", "U+2029"}};
+
+	for (size_t i = 0; value[i] != '\0'; i++)
+	{
+		unsigned char c = (unsigned char) value[i];
+
+		if (c < 0x20 || c == 0x7f)
+		{
+			snprintf(why, whylen, "control character 0x%02x at byte %zu", c, i + 1);
+			return false;
+		}
+		for (size_t b = 0; b < lengthof(breaks); b++)
+		{
+			if (strncmp(value + i, breaks[b].bytes, strlen(breaks[b].bytes)) == 0)
+			{
+				snprintf(why, whylen, "%s at byte %zu", breaks[b].name, i + 1);
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/*
+ * Appends src[0..n) to buf at *used, as much as fits (buf stays
+ * NUL-terminated).
+ */
+static void
+append_part(char *buf, size_t len, size_t *used, const char *src, size_t n)
+{
+	if (*used + 1 >= len)
+		return;
+	if (n > len - 1 - *used)
+		n = len - 1 - *used;
+	memcpy(buf + *used, src, n);
+	*used += n;
+	buf[*used] = '\0';
+}
+
+void
+http_url_redact(const char *url, char *buf, size_t len)
+{
+	const char *scheme_end = strstr(url, "://");
+	const char *auth = scheme_end != NULL ? scheme_end + 3 : url;
+	size_t auth_len = strcspn(auth, "/?#");
+	const char *at = NULL;
+	const char *rest, *query, *frag;
+	size_t used = 0;
+
+	if (len == 0)
+		return;
+	buf[0] = '\0';
+	/* The last '@' of the authority ends the user info (RFC 3986 3.2.1). */
+	for (size_t i = 0; i < auth_len; i++)
+		if (auth[i] == '@')
+			at = auth + i;
+	append_part(buf, len, &used, url, (size_t) (auth - url));
+	if (at != NULL)
+	{
+		append_part(buf, len, &used, HTTP_REDACTED "@", strlen(HTTP_REDACTED "@"));
+		append_part(buf, len, &used, at + 1, (size_t) (auth + auth_len - at - 1));
+	}
+	else
+		append_part(buf, len, &used, auth, auth_len);
+	rest = auth + auth_len;
+	query = strchr(rest, '?');
+	frag = strchr(rest, '#');
+	if (query != NULL && frag != NULL && frag < query)
+		query = NULL; /* a '?' inside the fragment */
+	/* The path, up to the query or the fragment. */
+	append_part(buf, len, &used, rest,
+				query != NULL  ? (size_t) (query - rest)
+				: frag != NULL ? (size_t) (frag - rest)
+							   : strlen(rest));
+	if (query != NULL && query[1] != '\0' && query + 1 != frag)
+		append_part(buf, len, &used, "?" HTTP_REDACTED, strlen("?" HTTP_REDACTED));
+	if (frag != NULL && frag[1] != '\0')
+		append_part(buf, len, &used, "#" HTTP_REDACTED, strlen("#" HTTP_REDACTED));
+}

@@ -119,4 +119,26 @@ extern void http_describe(const HttpResult *r, double timeout, char *buf, size_t
  */
 extern bool http_traceparent_ok(const char *value);
 
+/*
+ * Whether a value taken from a task (its tenant) can go into a request
+ * header (pure, unit-tested): no byte below 0x20, no DEL, and none of the
+ * UTF-8 sequences of U+0085, U+2028 and U+2029, which some parsers and
+ * log readers take for a line break.  tq refuses control characters at
+ * submit; this is the second check, for values written around it.  False
+ * with what was found ("control character 0x0d at byte 5", "U+2028 at
+ * byte 3") in why.
+ */
+extern bool http_header_value_ok(const char *value, char *why, size_t whylen);
+
+/*
+ * A URL as tqd prints it (logs, task logs, /metrics, the dashboard; pure,
+ * unit-tested): the query and the fragment, where API keys and signatures
+ * are put, become "?<redacted>" and "#<redacted>", and a user name and
+ * password before the host "<redacted>@" (config_check.c refuses them,
+ * but the refusal prints the URL too).  Scheme, host, port and path stay:
+ * they say which endpoint it is.  Cut to fit buf.
+ */
+extern void http_url_redact(const char *url, char *buf, size_t len);
+#define HTTP_REDACTED "<redacted>"
+
 #endif

@@ -9,6 +9,14 @@
  * connections) with an ev_timer; both call MHD_run, which does what is
  * ready without blocking, then re-arm the timer.  We make the listening
  * socket ourselves, so that errors name the address and port 0 works.
+ *
+ * Limits (HttpdLimits), so that clients that connect and send nothing, or
+ * half a request, cannot keep the probes out: one client address holds at
+ * most max_per_ip connections (MHD accepts and closes the next at once),
+ * all together at most max_connections (then MHD stops accepting and new
+ * connections wait in the kernel's queue), and a connection silent for
+ * timeout seconds is closed.  With 64 connections and no per-address
+ * limit, 70 silent connections of one client held /healthz for 10 s.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,12 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <microhttpd.h>
 
 #include "httpd.h"
+#include "log.h"
 #include "util.h"
 
 struct Httpd
@@ -56,6 +66,7 @@ struct HttpdReq
 	HttpdReq *next, *prev; /* Httpd.waiting */
 	Httpd *h;
 	struct MHD_Connection *conn;
+	const char *version; /* "HTTP/1.1", MHD's, while MHD has the request */
 	ReqState state;
 	bool in_mhd;  /* MHD still has the connection */
 	bool in_user; /* the handler still owes an httpd_reply */
@@ -169,6 +180,9 @@ send_answer(struct MHD_Connection *conn, int status, const char *type, Buf *body
 							"form-action 'self'");
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+	/* Every 401 must say how to authenticate (RFC 9110); tqd has one way. */
+	if (status == MHD_HTTP_UNAUTHORIZED)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tqd\"");
 	ret = MHD_queue_response(conn, (unsigned) status, resp);
 	MHD_destroy_response(resp);
 	return ret;
@@ -196,6 +210,7 @@ answer(void *cls, struct MHD_Connection *conn, const char *url, const char *meth
 		*con_cls = r;
 		return MHD_YES;
 	}
+	r->version = version;
 	if (r->state == REQ_READY)
 		return send_answer(conn, r->status, r->type, &r->body);
 	if (r->state == REQ_WAITING)
@@ -246,6 +261,36 @@ const char *
 httpd_query(HttpdReq *req, const char *key)
 {
 	return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, key);
+}
+
+const char *
+httpd_header(HttpdReq *req, const char *name)
+{
+	return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+/* Counts the Host headers of a request (MHD_get_connection_values' iterator). */
+static enum MHD_Result
+count_host(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+	if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0)
+		(*(int *) cls)++;
+	return MHD_YES;
+}
+
+const char *
+httpd_host(HttpdReq *req)
+{
+	int n = 0;
+
+	MHD_get_connection_values(req->conn, MHD_HEADER_KIND, count_host, &n);
+	return n == 1 ? httpd_header(req, MHD_HTTP_HEADER_HOST) : NULL;
+}
+
+bool
+httpd_http10(HttpdReq *req)
+{
+	return req->version != NULL && strcmp(req->version, MHD_HTTP_VERSION_1_0) == 0;
 }
 
 void
@@ -329,9 +374,30 @@ bad:
 	return -1;
 }
 
+/*
+ * MHD's own messages are about single connections (a client that went
+ * away, one refused over a limit): at debug level, or a flood of
+ * connections would be a flood of log lines.  Our own errors are logged
+ * by whoever called httpd_start.
+ */
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char msg[512];
+	size_t n;
+
+	if (log_min_level > LOG_DEBUG)
+		return;
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	n = strlen(msg);
+	while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+		msg[--n] = '\0';
+	tlog(LOG_DEBUG, "libmicrohttpd", "said=%s", kvq(msg));
+}
+
 Httpd *
-httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg, char *err,
-			size_t errlen)
+httpd_start(struct ev_loop *loop, const char *addr, const HttpdLimits *limits, HttpdHandler fn,
+			void *arg, char *err, size_t errlen)
 {
 	struct sockaddr_storage ss;
 	socklen_t len;
@@ -371,11 +437,13 @@ httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg, 
 	getsockname(h->fd, (struct sockaddr *) &ss, &len);
 	h->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *) &ss)->sin_port
 											: ((struct sockaddr_in6 *) &ss)->sin6_port);
-	h->mhd = MHD_start_daemon(MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME, 0, NULL,
-							  NULL, answer, h, MHD_OPTION_LISTEN_SOCKET, h->fd,
-							  MHD_OPTION_NOTIFY_COMPLETED, request_completed, h,
-							  MHD_OPTION_CONNECTION_LIMIT, (unsigned int) 64,
-							  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 10, MHD_OPTION_END);
+	h->mhd = MHD_start_daemon(
+		MHD_USE_EPOLL | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME, 0, NULL, NULL, answer, h,
+		/* First, or MHD says so on stderr. */
+		MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_LISTEN_SOCKET, h->fd,
+		MHD_OPTION_NOTIFY_COMPLETED, request_completed, h, MHD_OPTION_CONNECTION_LIMIT,
+		limits->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT, limits->max_per_ip,
+		MHD_OPTION_CONNECTION_TIMEOUT, limits->timeout, MHD_OPTION_END);
 	if (h->mhd == NULL)
 	{
 		snprintf(err, errlen, "libmicrohttpd could not start on %s", addr);

@@ -16,6 +16,7 @@
 #ifndef TQD_HTTPD_H
 #define TQD_HTTPD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 
@@ -52,17 +53,36 @@ typedef int (*HttpdHandler)(HttpdReq *req, const char *path, Buf *body, const ch
  */
 extern const char *httpd_query(HttpdReq *req, const char *key);
 /*
+ * A header of the request (name case-insensitive; the first if it is
+ * there twice), or NULL; only while the handler runs.
+ */
+extern const char *httpd_header(HttpdReq *req, const char *name);
+/* The Host header; NULL when there is none, or more than one. */
+extern const char *httpd_host(HttpdReq *req);
+/* The request is HTTP/1.0 (which need not send Host); only while the handler runs. */
+extern bool httpd_http10(HttpdReq *req);
+/*
  * The answer to a request whose handler returned HTTPD_LATER: takes body
  * (its data is freed by httpd); content_type is a static string.
  */
 extern void httpd_reply(HttpdReq *req, int status, const char *content_type, Buf *body);
 
+/* How much of tqd clients may hold (httpd.c says why). */
+typedef struct HttpdLimits
+{
+	unsigned int max_connections; /* open at once, all clients */
+	unsigned int max_per_ip;      /* open at once, one client address */
+	unsigned int timeout;         /* s: a connection silent this long is closed */
+} HttpdLimits;
+
 /*
  * Listens on addr ("127.0.0.1:9187", "[::1]:9187", "0.0.0.0:9187"; port 0
  * = any free one).  Returns NULL with a message in err when it cannot.
+ * A 401 answer gets "WWW-Authenticate: Bearer".
  */
-extern Httpd *httpd_start(struct ev_loop *loop, const char *addr, HttpdHandler fn, void *arg,
-						  char *err, size_t errlen) __attribute__((warn_unused_result));
+extern Httpd *httpd_start(struct ev_loop *loop, const char *addr, const HttpdLimits *limits,
+						  HttpdHandler fn, void *arg, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 /*
  * "IPv4:port" or "[IPv6]:port" (port 0 = any) into a socket address; -1
  * with a message in err when it is neither (config_check.c checks

@@ -44,7 +44,7 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	Daemon *d = lc->d;
 	Queue *q = lc->q;
 	int n;
-	int c_id, c_attempt, c_payload, c_tenant, c_timeout, c_lease, c_trace;
+	int c_id, c_attempt, c_payload, c_tenant, c_timeout, c_lease, c_trace, c_token;
 
 	q->leasing = false;
 	if (lc->ep)
@@ -75,6 +75,7 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	c_timeout = PQfnumber(res, "timeout_s");
 	c_lease = PQfnumber(res, "lease_s");
 	c_trace = PQfnumber(res, "traceparent");
+	c_token = PQfnumber(res, "lease_token"); /* 0.7.0 on */
 	if (n > 0 && (c_id < 0 || c_attempt < 0 || c_payload < 0 || c_tenant < 0 || c_timeout < 0 ||
 				  c_lease < 0))
 	{
@@ -95,6 +96,8 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 		t->queue = q;
 		t->id = atoll(PQgetvalue(res, i, c_id));
 		t->attempt = atoi(PQgetvalue(res, i, c_attempt));
+		if (c_token >= 0 && !PQgetisnull(res, i, c_token))
+			t->lease_token = atoll(PQgetvalue(res, i, c_token));
 		t->payload = xstrdup(PQgetvalue(res, i, c_payload));
 		t->tenant = PQgetisnull(res, i, c_tenant) ? NULL : xstrdup(PQgetvalue(res, i, c_tenant));
 		if (c_trace >= 0 && !PQgetisnull(res, i, c_trace))

@@ -15,6 +15,28 @@ LogLevel log_min_level = LOG_INFO;
 #define KVQ_BUFS 8
 #define KVQ_LEN 2048
 
+/*
+ * The length of the UTF-8 sequence of U+0085, U+2028 or U+2029 at p, with
+ * its code point in *cp; 0 for anything else.
+ */
+static size_t
+line_break(const char *p, unsigned *cp)
+{
+	const unsigned char *u = (const unsigned char *) p;
+
+	if (u[0] == 0xc2 && u[1] == 0x85)
+	{
+		*cp = 0x85;
+		return 2;
+	}
+	if (u[0] == 0xe2 && u[1] == 0x80 && (u[2] == 0xa8 || u[2] == 0xa9))
+	{
+		*cp = u[2] == 0xa8 ? 0x2028 : 0x2029;
+		return 3;
+	}
+	return 0;
+}
+
 void
 logfmt_quote(const char *value, char *buf, size_t len)
 {
@@ -53,9 +75,17 @@ logfmt_quote(const char *value, char *buf, size_t len)
 		char esc[8];
 		size_t el;
 		unsigned char c = (unsigned char) *p;
+		unsigned cp;
+		size_t skip;
 
 		if (c == '"' || c == '\\')
 			el = (size_t) snprintf(esc, sizeof(esc), "\\%c", c);
+		else if ((skip = line_break(p, &cp)) > 0)
+		{
+			/* U+0085, U+2028, U+2029: line breaks to some log readers. */
+			el = (size_t) snprintf(esc, sizeof(esc), "\\u%04x", cp);
+			p += skip - 1;
+		}
 		else if (c == '\n')
 			el = (size_t) snprintf(esc, sizeof(esc), "\\n");
 		else if (c == '\t')

@@ -6,10 +6,12 @@
  *
  * tlog(level, msg, fmt, ...) takes the message and then key=value pairs
  * built by the caller with the kv* helpers, which quote values as logfmt
- * wants (a value with a blank, '"', '=' or a control character is quoted
- * and escaped).  Lines are written with one write(2) so that concurrent
- * writers (tqd's children share stderr only through their own pipes, but
- * a supervisor may merge streams) do not interleave within a line.
+ * wants (a value with a blank, '"', '=', a control character or any
+ * non-ASCII byte is quoted; control characters and the line breaks
+ * U+0085, U+2028 and U+2029 are escaped).  Lines are written with one
+ * write(2) so that concurrent writers (tqd's children share stderr only
+ * through their own pipes, but a supervisor may merge streams) do not
+ * interleave within a line.
  */
 #ifndef TQD_LOG_H
 #define TQD_LOG_H

@@ -90,11 +90,13 @@ main(int argc, char **argv)
 	}
 	if (check)
 	{
+		config_warn_exposed(config, stderr);
 		printf("%s: ok (%d queue%s)\n", path, config->nqueues, config->nqueues == 1 ? "" : "s");
 		config_free(config);
 		return 0;
 	}
 	log_min_level = config->log_level;
+	config_warn_exposed(config, NULL);
 	d = daemon_new(EV_DEFAULT, config, path);
 	if (d == NULL)
 		return 70;

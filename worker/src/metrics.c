@@ -9,11 +9,16 @@
  * live in the Daemon (histograms, disconnects, tq_shared_usage's rows),
  * the Queues (started, outcomes, backlog) and the Endpoints (aimd.c's
  * totals).
+ *
+ * The probes answer every request that reaches them; everything else
+ * first passes httpd_access.c (the Host allowlist, the token when
+ * http_token_file is set).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "daemon.h"
+#include "httpd_access.h"
 #include "log.h"
 
 /* Outcomes as the label outcome of tqd_tasks_finished_total says them. */
@@ -169,21 +174,21 @@ metrics_render(Daemon *d, Buf *b)
 	{
 		help(b, "tqd_http_window", "gauge", "Adaptive window of an http endpoint (requests).");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_window{url=\"%s\"} %.2f\n", label(e->url), e->aimd.window);
+			buf_printf(b, "tqd_http_window{url=\"%s\"} %.2f\n", label(e->shown), e->aimd.window);
 		help(b, "tqd_http_in_flight", "gauge", "Requests in flight to an http endpoint.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_in_flight{url=\"%s\"} %d\n", label(e->url), e->aimd.inflight);
+			buf_printf(b, "tqd_http_in_flight{url=\"%s\"} %d\n", label(e->shown), e->aimd.inflight);
 		help(b, "tqd_http_answers_total", "counter", "Answers from an http endpoint.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_answers_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_answers_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.total_answers);
 		help(b, "tqd_http_throttled_total", "counter", "Throttled answers (429, 503).");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_throttled_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_throttled_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.total_throttled);
 		help(b, "tqd_http_window_cuts_total", "counter", "Times the window was cut.");
 		for (Endpoint *e = d->endpoints; e; e = e->next)
-			buf_printf(b, "tqd_http_window_cuts_total{url=\"%s\"} %lld\n", label(e->url),
+			buf_printf(b, "tqd_http_window_cuts_total{url=\"%s\"} %lld\n", label(e->shown),
 					   e->aimd.cuts);
 	}
 }
@@ -227,7 +232,7 @@ metrics_render_tqd(Daemon *d, Buf *b)
 		if (e->used)
 			json_array_append_new(
 				endpoints,
-				json_pack("{sssfsisisIsIsI}", "url", e->url, "window", e->aimd.window, "limit",
+				json_pack("{sssfsisisIsIsI}", "url", e->shown, "window", e->aimd.window, "limit",
 						  aimd_limit(&e->aimd), "in_flight", e->aimd.inflight, "answers",
 						  (json_int_t) e->aimd.total_answers, "throttled",
 						  (json_int_t) e->aimd.total_throttled, "cuts", (json_int_t) e->aimd.cuts));
@@ -241,18 +246,19 @@ metrics_render_tqd(Daemon *d, Buf *b)
 /*
  * The HttpdHandler of metrics_listen: /metrics, /healthz, /readyz; with
  * dashboard = on also /api/tqd and the dashboard's paths.
+ *
+ * The probes come first, before the Host and token checks: they say only
+ * "ok" or "ready", and orchestrators probe by whatever name or address
+ * they know (kubelet sends the pod's IP, a compose healthcheck a service
+ * name), often without a way to send a token.
  */
 int
 metrics_serve(HttpdReq *req, const char *path, Buf *body, const char **type, void *arg)
 {
 	Daemon *d = arg;
+	bool dash = d->dash != NULL && d->config->dashboard;
+	int status;
 
-	if (strcmp(path, "/metrics") == 0)
-	{
-		*type = "text/plain; version=0.0.4; charset=utf-8";
-		metrics_render(d, body);
-		return 200;
-	}
 	if (strcmp(path, "/healthz") == 0)
 	{
 		/* Liveness: the loop answers.  Not the database: a restart would not fix it. */
@@ -266,10 +272,17 @@ metrics_serve(HttpdReq *req, const char *path, Buf *body, const char **type, voi
 		buf_printf(body, up ? "ready\n" : "not ready: the database is unreachable\n");
 		return up ? 200 : 503;
 	}
-	if (d->dash != NULL && d->config->dashboard)
+	status = access_check(d->config, req, !(dash && dashboard_is_page(path)), body);
+	if (status != 0)
+		return status;
+	if (strcmp(path, "/metrics") == 0)
 	{
-		int status;
-
+		*type = "text/plain; version=0.0.4; charset=utf-8";
+		metrics_render(d, body);
+		return 200;
+	}
+	if (dash)
+	{
 		if (strcmp(path, "/api/tqd") == 0)
 		{
 			*type = "application/json";

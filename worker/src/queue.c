@@ -9,7 +9,7 @@
  * tasks find it.  An Endpoint is one URL of http queues, shared by the
  * queues that send there, with its adaptive window (aimd.c); it too is
  * kept across reloads while its URL stays configured, so a reload does not
- * reset what was learnt.
+ * reset what was learnt.  Its URL is printed redacted (Endpoint.shown).
  *
  * Ownership: the Daemon's lists own both; daemon_free frees them.
  */
@@ -37,6 +37,31 @@ endpoint_find(Daemon *d, const char *url)
 		if (strcmp(e->url, url) == 0)
 			return e;
 	return NULL;
+}
+
+/*
+ * The endpoint's name in logs and /metrics: its URL redacted, and, when
+ * another endpoint has the same redacted form (/flaky?a=1 and /flaky?a=2),
+ * " (2)", " (3)"... after it, so that each has a series of its own.
+ */
+static char *
+endpoint_shown(Daemon *d, const char *url_shown)
+{
+	char buf[1100];
+	bool taken;
+
+	if (url_shown == NULL)
+		url_shown = "";
+	snprintf(buf, sizeof(buf), "%s", url_shown);
+	for (int n = 2;; n++)
+	{
+		taken = false;
+		for (Endpoint *e = d->endpoints; e && !taken; e = e->next)
+			taken = strcmp(e->shown, buf) == 0;
+		if (!taken)
+			return xstrdup(buf);
+		snprintf(buf, sizeof(buf), "%s (%d)", url_shown, n);
+	}
 }
 
 /* The window's rules from a queue's keys; the ceiling is given. */
@@ -99,6 +124,7 @@ endpoints_sync(Daemon *d)
 		{
 			e = xcalloc(1, sizeof(Endpoint));
 			e->url = xstrdup(qc->url);
+			e->shown = endpoint_shown(d, qc->url_shown);
 			e->next = d->endpoints;
 			d->endpoints = e;
 		}
@@ -151,11 +177,11 @@ endpoint_log_window(Endpoint *e, AimdEvent ev, double now)
 	aimd_recent(&e->aimd, now, &answers, &throttled);
 	if (ev == AIMD_CUT)
 		tlog(LOG_INFO, "endpoint throttled: window cut",
-			 "url=%s window=%.2f limit=%d in_flight=%d cuts=%lld", kvq(e->url), e->aimd.window,
+			 "url=%s window=%.2f limit=%d in_flight=%d cuts=%lld", kvq(e->shown), e->aimd.window,
 			 aimd_limit(&e->aimd), e->aimd.inflight, e->aimd.cuts);
 	else
 		tlog(LOG_DEBUG, "endpoint healthy: window grows",
-			 "url=%s window=%.2f limit=%d in_flight=%d answers=%d", kvq(e->url), e->aimd.window,
+			 "url=%s window=%.2f limit=%d in_flight=%d answers=%d", kvq(e->shown), e->aimd.window,
 			 aimd_limit(&e->aimd), e->aimd.inflight, answers);
 }
 
@@ -176,7 +202,7 @@ endpoint_status_cb(struct ev_loop *loop, ev_timer *w, int revents)
 		endpoint_log_window(e, aimd_tick(&e->aimd, now), now);
 		tlog(LOG_INFO, "endpoint status",
 			 "url=%s window=%.2f limit=%d in_flight=%d answers=%lld throttled=%lld cuts=%lld",
-			 kvq(e->url), e->aimd.window, aimd_limit(&e->aimd), e->aimd.inflight, answers,
+			 kvq(e->shown), e->aimd.window, aimd_limit(&e->aimd), e->aimd.inflight, answers,
 			 throttled, e->aimd.cuts);
 		e->logged_answers = e->aimd.total_answers;
 		e->logged_throttled = e->aimd.total_throttled;

@@ -46,40 +46,50 @@ typedef struct Batch
  * after a lost connection cannot log twice.  tq_fail's delays are seconds
  * or null per task (null: tq's own backoff).
  */
+/*
+ * Each statement comes twice: without and with the tasks' lease tokens
+ * (tq 0.7.0 on: tq_lease returns them, and the calls fence on them
+ * exactly).  A batch quotes them when one of its tasks has one; a task
+ * leased before the extension's update has none and quotes NULL.
+ */
+#define LOG_CTE(leases)                                                                            \
+	"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"                    \
+	" ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"                                         \
+	" WITH ORDINALITY a(e, o) ORDER BY o)" leases "))"
+#define COMPLETE_SQL(leases)                                                                       \
+	" SELECT tq_complete($1::bigint[], $2::integer[],"                                             \
+	" ARRAY(SELECT e FROM jsonb_array_elements($4::jsonb)"                                         \
+	" WITH ORDINALITY a(e, o) ORDER BY o)" leases ")"                                              \
+	" FROM l"
+#define FAIL_SQL(leases)                                                                           \
+	" SELECT tq_fail($1::bigint[], $2::integer[],"                                                 \
+	" ARRAY(SELECT e FROM jsonb_array_elements_text($4::jsonb)"                                    \
+	" WITH ORDINALITY a(e, o) ORDER BY o),"                                                        \
+	" ARRAY(SELECT e FROM jsonb_array_elements_text($5::jsonb)"                                    \
+	" WITH ORDINALITY a(e, o) ORDER BY o),"                                                        \
+	" ARRAY(SELECT CASE WHEN jsonb_typeof(e) = 'number'"                                           \
+	" THEN make_interval(secs => e::text::float8) END"                                             \
+	" FROM jsonb_array_elements($6::jsonb)"                                                        \
+	" WITH ORDINALITY a(e, o) ORDER BY o)" leases ")"                                              \
+	" FROM l"
+#define RELEASE_SQL(leases) " SELECT tq_release($1::bigint[], $2::integer[]" leases ") FROM l"
+
 static const struct
 {
 	const char *call; /* the function, for logs */
-	int nparams;      /* $1 .. $nparams, as in BatchParams */
+	int nparams;      /* $1 .. $nparams, as in BatchParams; one more with tokens */
 	const char *sql;
+	const char *sql_tokens; /* with the lease tokens as $(nparams + 1) */
 } batch_calls[] = {
-	[REPORT_COMPLETE] = {"tq_complete", 4,
-						 "WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
-						 " ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
-						 " WITH ORDINALITY a(e, o) ORDER BY o)))"
-						 " SELECT tq_complete($1::bigint[], $2::integer[],"
-						 " ARRAY(SELECT e FROM jsonb_array_elements($4::jsonb)"
-						 " WITH ORDINALITY a(e, o) ORDER BY o))"
-						 " FROM l"},
-	[REPORT_FAIL] = {"tq_fail", 6,
-					 "WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
-					 " ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
-					 " WITH ORDINALITY a(e, o) ORDER BY o)))"
-					 " SELECT tq_fail($1::bigint[], $2::integer[],"
-					 " ARRAY(SELECT e FROM jsonb_array_elements_text($4::jsonb)"
-					 " WITH ORDINALITY a(e, o) ORDER BY o),"
-					 " ARRAY(SELECT e FROM jsonb_array_elements_text($5::jsonb)"
-					 " WITH ORDINALITY a(e, o) ORDER BY o),"
-					 " ARRAY(SELECT CASE WHEN jsonb_typeof(e) = 'number'"
-					 " THEN make_interval(secs => e::text::float8) END"
-					 " FROM jsonb_array_elements($6::jsonb)"
-					 " WITH ORDINALITY a(e, o) ORDER BY o))"
-					 " FROM l"},
-	[REPORT_RELEASE] = {"tq_release", 3,
-						"WITH l AS MATERIALIZED (SELECT tq_append_log($1::bigint[], $2::integer[],"
-						" ARRAY(SELECT e FROM jsonb_array_elements($3::jsonb)"
-						" WITH ORDINALITY a(e, o) ORDER BY o)))"
-						" SELECT tq_release($1::bigint[], $2::integer[]) FROM l"},
-	[REPORT_DROP] = {"", 0, NULL}, /* nothing is reported */
+	[REPORT_COMPLETE] = {"tq_complete", 4, LOG_CTE("") COMPLETE_SQL(""),
+						 LOG_CTE(", leases => $5::bigint[]")
+							 COMPLETE_SQL(", leases => $5::bigint[]")},
+	[REPORT_FAIL] = {"tq_fail", 6, LOG_CTE("") FAIL_SQL(""),
+					 LOG_CTE(", leases => $7::bigint[]") FAIL_SQL(", leases => $7::bigint[]")},
+	[REPORT_RELEASE] = {"tq_release", 3, LOG_CTE("") RELEASE_SQL(""),
+						LOG_CTE(", leases => $4::bigint[]")
+							RELEASE_SQL(", leases => $4::bigint[]")},
+	[REPORT_DROP] = {"", 0, NULL, NULL}, /* nothing is reported */
 };
 
 /*
@@ -91,13 +101,15 @@ typedef struct BatchParams
 {
 	char *ids;       /* $1, bigint[] literal: the tasks */
 	char *attempts;  /* $2, integer[] literal: their attempts */
+	char *leases;    /* the last $n, bigint[] literal: their lease tokens (NULL: none) */
+	bool any_token;  /* some task has a lease token: the statement quotes them */
 	json_t *logs;    /* $3: each task's log lines (an array of strings), or null */
 	json_t *results; /* $4 of tq_complete: each task's result */
 	json_t *errors;  /* $4 of tq_fail: each task's error */
 	json_t *retries; /* $5 of tq_fail: each task's retry mode (auto, never, throttled) */
 	json_t *delays;  /* $6 of tq_fail: seconds from Retry-After, or null */
 	size_t len;      /* allocated bytes of ids and of attempts */
-	size_t ids_used, attempts_used;
+	size_t ids_used, attempts_used, leases_used;
 } BatchParams;
 
 /*
@@ -219,8 +231,10 @@ batch_params_init(BatchParams *bp, Report kind, int n)
 	bp->len = (size_t) n * 22 + 3;
 	bp->ids = xcalloc(1, bp->len);
 	bp->attempts = xcalloc(1, bp->len);
+	bp->leases = xcalloc(1, bp->len);
 	bp->ids[bp->ids_used++] = '{';
 	bp->attempts[bp->attempts_used++] = '{';
+	bp->leases[bp->leases_used++] = '{';
 	bp->logs = json_array(); /* any kind */
 	if (kind == REPORT_COMPLETE)
 		bp->results = json_array();
@@ -238,6 +252,9 @@ batch_params_add(BatchParams *bp, const Task *t, bool first)
 {
 	array_literal_append(bp->ids, bp->len, &bp->ids_used, t->id, first);
 	array_literal_append(bp->attempts, bp->len, &bp->attempts_used, t->attempt, first);
+	token_literal_append(bp->leases, bp->len, &bp->leases_used, t->lease_token, first);
+	if (t->lease_token != 0)
+		bp->any_token = true;
 	if (bp->results)
 		json_array_append(bp->results, t->result ? t->result : json_null());
 	if (bp->errors)
@@ -256,6 +273,7 @@ batch_params_free(BatchParams *bp)
 {
 	free(bp->ids);
 	free(bp->attempts);
+	free(bp->leases);
 	json_decref(bp->logs);
 	json_decref(bp->results);
 	json_decref(bp->errors);
@@ -278,8 +296,9 @@ batch_send(Daemon *d, Report kind)
 	Batch *b;
 	BatchParams bp;
 	char *logs, *results, *errors, *retries, *delays;
-	const char *values[6];
+	const char *values[7];
 	bool sent;
+	int nparams;
 
 	for (Task *t = d->tasks; t; t = t->next)
 		if (t->state == TASK_DONE && t->report == kind)
@@ -302,6 +321,7 @@ batch_send(Daemon *d, Report kind)
 	}
 	bp.ids[bp.ids_used++] = '}';
 	bp.attempts[bp.attempts_used++] = '}';
+	bp.leases[bp.leases_used++] = '}';
 	b->n = n;
 	b->sent = ev_time();
 	logs = batch_json(bp.logs);
@@ -315,9 +335,12 @@ batch_send(Daemon *d, Report kind)
 	values[3] = kind == REPORT_COMPLETE ? results : errors;
 	values[4] = retries;
 	values[5] = delays;
+	nparams = batch_calls[kind].nparams;
+	if (bp.any_token)
+		values[nparams++] = bp.leases;
 	sent = batch_calls[kind].sql != NULL &&
-		   pgc_send(d->report, batch_calls[kind].sql, batch_calls[kind].nparams, values,
-					batch_result, b);
+		   pgc_send(d->report, bp.any_token ? batch_calls[kind].sql_tokens : batch_calls[kind].sql,
+					nparams, values, batch_result, b);
 	if (!sent)
 	{
 		/*

@@ -184,6 +184,7 @@ signal_hup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 	old = d->config;
 	d->config = c;
 	log_min_level = c->log_level;
+	config_warn_exposed(c, NULL);
 	queues_sync(d);
 	if (strcmp(old->conninfo, c->conninfo) != 0)
 	{

@@ -1,6 +1,6 @@
 /*
  * util.c
- *	  Allocation that cannot fail (util.h).
+ *	  Allocation that cannot fail, and freeing a secret (util.h).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -36,4 +36,14 @@ xcalloc(size_t n, size_t size)
 		abort();
 	}
 	return p;
+}
+
+/* Zeroes a secret before freeing it, so that it does not linger in the heap. */
+void
+free_secret(char *s)
+{
+	if (s == NULL)
+		return;
+	explicit_bzero(s, strlen(s));
+	free(s);
 }

@@ -25,6 +25,8 @@
 /* strdup and calloc that abort when out of memory; xstrdup(NULL) is "". */
 extern char *xstrdup(const char *s);
 extern void *xcalloc(size_t n, size_t size);
+/* Overwrites a string (a token) with zeroes, then frees it; NULL is allowed. */
+extern void free_secret(char *s);
 
 /* A blank as C's isspace sees one in the C locale (but never NUL). */
 static inline bool

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -182,6 +183,13 @@ check_global_defaults(const Config *c, const char *what)
 	ok(c->status_interval == 60, "%s: status_interval 1min", what);
 	is_str(c->metrics_listen, "", "%s: metrics_listen off", what);
 	is_int(c->dashboard, 0, "%s: dashboard off", what);
+	is_str(c->http_allowed_hosts, "", "%s: http_allowed_hosts none", what);
+	ok(c->allowed_hosts == NULL, "%s: no allowed host names besides the built-in", what);
+	is_str(c->http_token_file, "", "%s: http_token_file none", what);
+	ok(c->http_token == NULL, "%s: no token", what);
+	is_int(c->http_max_connections, 256, "%s: http_max_connections 256", what);
+	is_int(c->http_max_connections_per_ip, 16, "%s: http_max_connections_per_ip 16", what);
+	ok(c->http_timeout == 5, "%s: http_timeout 5s", what);
 	is_int(c->log_level, LOG_INFO, "%s: log_level info", what);
 }
 
@@ -197,13 +205,30 @@ check_queue_defaults(const QueueConf *q, const char *what)
 	is_int(q->memory_limit, 0, "%s: memory_limit 0", what);
 	ok(q->cpu_limit == 0, "%s: cpu_limit 0", what);
 	is_int(q->throttled_exit, 69, "%s: throttled_exit", what);
+	is_str(q->pass_env, "PATH HOME LANG LC_* TZ TMPDIR USER LOGNAME SHELL", "%s: pass_env", what);
 }
 
 /* Every key README documents, in [tqd] then [queue:NAME]. */
-static const char *const global_keys[] = {
-	"conninfo",        "worker_name",        "slots",          "lease_batch",   "flush_interval",
-	"poll_interval",   "heartbeat_interval", "drain_timeout",  "reconnect_min", "reconnect_max",
-	"connect_timeout", "status_interval",    "metrics_listen", "dashboard",     "log_level"};
+static const char *const global_keys[] = {"conninfo",
+										  "worker_name",
+										  "slots",
+										  "lease_batch",
+										  "flush_interval",
+										  "poll_interval",
+										  "heartbeat_interval",
+										  "drain_timeout",
+										  "reconnect_min",
+										  "reconnect_max",
+										  "connect_timeout",
+										  "status_interval",
+										  "metrics_listen",
+										  "dashboard",
+										  "http_allowed_hosts",
+										  "http_token_file",
+										  "http_max_connections",
+										  "http_max_connections_per_ip",
+										  "http_timeout",
+										  "log_level"};
 static const char *const queue_keys[] = {"handler",
 										 "concurrency",
 										 "timeout",
@@ -215,6 +240,7 @@ static const char *const queue_keys[] = {"handler",
 										 "memory_limit",
 										 "cpu_limit",
 										 "throttled_exit",
+										 "pass_env",
 										 "function",
 										 "url",
 										 "method",
@@ -973,10 +999,247 @@ test_http(void)
 			   "an exec key under http is refused");
 }
 
+/* Writes text to a new file under /tmp for http_token_file; its path in path. */
+static void
+write_token(char *path, size_t len, const char *text)
+{
+	int fd;
+
+	snprintf(path, len, "/tmp/tqd-test-token-XXXXXX");
+	fd = mkstemp(path);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text))
+	{
+		perror("token file");
+		exit(2);
+	}
+	close(fd);
+}
+
+/* http_token_file = a file holding text: refused with want (after "key ..."). */
+static void
+token_fails(const char *text, const char *want, const char *what)
+{
+	char path[64], line[128], msg[512], full[700], err[1024] = "";
+	Config *c;
+
+	write_token(path, sizeof(path), text);
+	snprintf(line, sizeof(line), "http_token_file = %s", path);
+	snprintf(msg, sizeof(msg), want, path);
+	c = with_global(line, err, sizeof(err));
+	snprintf(full, sizeof(full), "%s:2: %s", tmp_path, msg);
+	if (c != NULL)
+		ok(0, "%s: refused", what);
+	else
+		is_str(err, full, "%s: refused", what);
+	config_free(c);
+	unlink(path);
+}
+
+/* The keys of metrics_listen's access and limits (issue 15, items 12 and 13). */
+static void
+test_http_access(void)
+{
+	char err[1024] = "", path[64], line[128];
+	Config *c;
+
+	c = with_global("http_allowed_hosts = tqd.internal, Proxy.Example.COM\n  metrics-1 ,,w_2", err,
+					sizeof(err));
+	ok(c != NULL, "http_allowed_hosts with commas, blanks and a continuation line loads: %s", err);
+	if (c != NULL)
+	{
+		ok(c->allowed_hosts && c->allowed_hosts[0] && c->allowed_hosts[1] && c->allowed_hosts[2] &&
+			   c->allowed_hosts[3] && c->allowed_hosts[4] == NULL,
+		   "four names");
+		if (c->allowed_hosts && c->allowed_hosts[3])
+		{
+			is_str(c->allowed_hosts[0], "tqd.internal", "name 1");
+			is_str(c->allowed_hosts[1], "proxy.example.com", "name 2, in lowercase");
+			is_str(c->allowed_hosts[2], "metrics-1", "name 3, from the continuation line");
+			is_str(c->allowed_hosts[3], "w_2", "name 4, after an empty item");
+		}
+		config_free(c);
+	}
+	global_fails("http_allowed_hosts = tqd.internal:9187",
+				 "key \"http_allowed_hosts\": invalid host name \"tqd.internal:9187\": letters, "
+				 "digits, '-', '.' and '_' only, without a port (any port is accepted)");
+	global_fails("http_allowed_hosts = *",
+				 "key \"http_allowed_hosts\": invalid host name \"*\": letters, digits, '-', '.' "
+				 "and '_' only, without a port (any port is accepted)");
+
+	write_token(path, sizeof(path), "0123456789abcdef0123456789abcdef\n");
+	snprintf(line, sizeof(line), "http_token_file = %s", path);
+	c = with_global(line, err, sizeof(err));
+	ok(c != NULL && c->http_token != NULL, "a token file loads: %s", err);
+	if (c != NULL)
+		is_str(c->http_token, "0123456789abcdef0123456789abcdef",
+			   "the token is the file's line, without its newline");
+	config_free(c);
+	unlink(path);
+	token_fails("short\n",
+				"key \"http_token_file\": the token in \"%s\" is 5 characters long: at least 16 "
+				"are needed (e.g. openssl rand -hex 32)",
+				"a short token");
+	token_fails("0123456789abcdef 0123456789abcdef\n",
+				"key \"http_token_file\": the token in \"%s\" must be one line of printable ASCII "
+				"without blanks",
+				"a token with a blank");
+	token_fails("0123456789abcdef\n0123456789abcdef\n",
+				"key \"http_token_file\": the token in \"%s\" must be one line of printable ASCII "
+				"without blanks",
+				"a token of two lines");
+	global_fails("http_token_file = /nonexistent/token",
+				 "key \"http_token_file\": cannot read \"/nonexistent/token\": No such file or "
+				 "directory");
+
+	c = with_global("http_max_connections = 1000\nhttp_max_connections_per_ip = 4\n"
+					"http_timeout = 1500ms",
+					err, sizeof(err));
+	ok(c != NULL && c->http_max_connections == 1000 && c->http_max_connections_per_ip == 4 &&
+		   c->http_timeout == 1.5,
+	   "connection limits and timeout load: %s", err);
+	config_free(c);
+	global_fails("http_max_connections_per_ip = 0",
+				 "key \"http_max_connections_per_ip\": 0 is out of range (1 to 10000)");
+	global_fails("http_timeout = 0", "key \"http_timeout\": 0 is out of range (1s to 1h)");
+}
+
+/* pass_env: the names of tqd's variables an exec queue's programs get. */
+static void
+test_pass_env(void)
+{
+	char err[1024] = "";
+	Config *c = with_exec_key("pass_env = PATH  LC_*\n  MY_APP_* _X1", err, sizeof(err));
+
+	ok(c != NULL, "pass_env with names, globs and a continuation line loads: %s", err);
+	if (c != NULL)
+		is_str(c->queues[0].pass_env, "PATH  LC_* MY_APP_* _X1", "pass_env as written");
+	config_free(c);
+	c = with_exec_key("pass_env =", err, sizeof(err));
+	ok(c != NULL && strcmp(c->queues[0].pass_env, "") == 0, "pass_env empty (none) loads: %s", err);
+	config_free(c);
+	c = with_exec_key("pass_env = *", err, sizeof(err));
+	ok(c != NULL && strcmp(c->queues[0].pass_env, "*") == 0, "pass_env = * (all) loads: %s", err);
+	config_free(c);
+	exec_key_fails("pass_env = PATH AWS-KEY",
+				   "key \"pass_env\": invalid name \"AWS-KEY\": expected variable names (letters, "
+				   "digits and _, not starting with a digit), each optionally ending in * (LC_*), "
+				   "separated by blanks");
+	exec_key_fails("pass_env = 1PATH",
+				   "key \"pass_env\": invalid name \"1PATH\": expected variable names (letters, "
+				   "digits and _, not starting with a digit), each optionally ending in * (LC_*), "
+				   "separated by blanks");
+	exec_key_fails("pass_env = A*B",
+				   "key \"pass_env\": invalid name \"A*B\": expected variable names (letters, "
+				   "digits and _, not starting with a digit), each optionally ending in * (LC_*), "
+				   "separated by blanks");
+	exec_key_fails("pass_env = PATH=/bin",
+				   "key \"pass_env\": invalid name \"PATH=/bin\": expected variable names "
+				   "(letters, digits and _, not starting with a digit), each optionally ending in "
+				   "* (LC_*), separated by blanks");
+	fails_with("[queue:h]\nhandler = http\nurl = http://x/\npass_env = PATH\n",
+			   ":4: key \"pass_env\": only for handler exec (this queue's is http)",
+			   "pass_env under http is refused");
+}
+
+/* A URL with credentials is refused; the others are printed redacted. */
+static void
+test_url_secrets(void)
+{
+	static const char *const with_userinfo[] = {
+		"https://bob:hunter2@api.example.com/tasks",
+		"https://bob@api.example.com/tasks",
+		"https://:hunter2@api.example.com/tasks",
+		"https://@api.example.com/tasks",
+	};
+	const char *want =
+		":3: key \"url\": URL \"https://<redacted>@api.example.com/tasks\" has a "
+		"user name or password in it: tqd prints URLs (logs, task logs, /metrics), so "
+		"give credentials with the headers key instead, which it never prints (e.g. "
+		"headers = Authorization: Basic <base64 of user:password>)";
+	char text[512];
+	Config *c;
+
+	for (size_t i = 0; i < sizeof(with_userinfo) / sizeof(with_userinfo[0]); i++)
+	{
+		snprintf(text, sizeof(text), "[queue:h]\nhandler = http\nurl = %s\n", with_userinfo[i]);
+		fails_with(text, want, with_userinfo[i]);
+	}
+	fails_with("[queue:h]\nhandler = http\nurl = ftp://u:pw@example.com/x?key=k\n",
+			   ":3: key \"url\": invalid URL \"ftp://<redacted>@example.com/x?<redacted>\": the "
+			   "scheme must be http or https",
+			   "other refusals print the URL redacted too");
+	c = loads("[queue:h]\nhandler = http\nurl = https://api.example.com/u/a@b.com?api_key=k#f\n",
+			  "an @ in the path, a key in the query");
+	if (c != NULL)
+	{
+		is_str(c->queues[0].url, "https://api.example.com/u/a@b.com?api_key=k#f",
+			   "url as written: the requests go there");
+		is_str(c->queues[0].url_shown, "https://api.example.com/u/a@b.com?<redacted>#<redacted>",
+			   "url_shown: query and fragment redacted");
+	}
+	config_free(c);
+}
+
+/* Loads text from a file of the given mode; *secrets from config_exposed_secrets. */
+static bool
+exposed(const char *text, mode_t mode, char *secrets, size_t len)
+{
+	char err[1024] = "";
+	Config *c;
+	bool found;
+
+	write_tmp(text);
+	chmod(tmp_path, mode);
+	c = config_load(tmp_path, err, sizeof(err));
+	unlink(tmp_path);
+	if (c == NULL)
+	{
+		printf("#   error: %s\n", err);
+		snprintf(secrets, len, "(not loaded)");
+		return false;
+	}
+	found = config_exposed_secrets(c, secrets, len);
+	config_free(c);
+	return found;
+}
+
+/* A file that others can read and that holds secrets is warned about. */
+static void
+test_exposed_secrets(void)
+{
+	const char *secret_file =
+		"[tqd]\nconninfo = host=db password=hunter2\n"
+		"[queue:hooks]\nhandler = http\n"
+		"url = https://api.example.com/in?v=2&api_key=k&Signature=s\n"
+		"headers = X-Env: prod\n  Authorization: Bearer abc\n  X-Api-Key: k\n";
+	const char *plain_file = "[tqd]\nconninfo = host=db user=tqd\n"
+							 "[queue:hooks]\nhandler = http\nurl = https://api.example.com/in?v=2\n"
+							 "headers = X-Env: prod\n";
+	char secrets[1024];
+
+	ok(exposed(secret_file, 0644, secrets, sizeof(secrets)),
+	   "mode 0644 with a password and secret headers: warned");
+	is_str(secrets,
+		   "conninfo password, header \"Authorization\" of queue \"hooks\", header \"X-Api-Key\" "
+		   "of queue \"hooks\", URL parameter \"api_key\" of queue \"hooks\", URL parameter "
+		   "\"Signature\" of queue \"hooks\"",
+		   "... naming each secret, never its value");
+	ok(exposed(secret_file, 0640, secrets, sizeof(secrets)), "mode 0640 (the group reads): warned");
+	ok(exposed("[tqd]\nconninfo = postgresql://tqd:hunter2@db/app\n[queue:q]\nhandler = noop\n",
+			   0604, secrets, sizeof(secrets)) &&
+		   strcmp(secrets, "conninfo password") == 0,
+	   "a password in a conninfo URI counts too: %s", secrets);
+	ok(!exposed(secret_file, 0600, secrets, sizeof(secrets)) && secrets[0] == '\0',
+	   "mode 0600: no warning");
+	ok(!exposed(secret_file, 0400, secrets, sizeof(secrets)), "mode 0400: no warning");
+	ok(!exposed(plain_file, 0644, secrets, sizeof(secrets)),
+	   "mode 0644 without secrets: no warning (%s)", secrets);
+}
+
 int
 main(void)
 {
-	plan(302);
+	plan(365);
 	test_sample();
 	test_defaults();
 	test_values();
@@ -985,5 +1248,9 @@ main(void)
 	test_split_argv();
 	test_misc();
 	test_http();
+	test_http_access();
+	test_pass_env();
+	test_url_secrets();
+	test_exposed_secrets();
 	return done_testing();
 }

@@ -15,6 +15,7 @@
  *	  its "alloc" mode, so no helper needs building.
  */
 #include "exec.h"
+#include "exec_child.h" /* env_passed */
 #include "tap.h"
 
 #include <dirent.h>
@@ -29,7 +30,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define NTESTS 169
+#define NTESTS 179
 
 /* An AddressSanitizer binary cannot start under a small RLIMIT_AS. */
 #if defined(__SANITIZE_ADDRESS__)
@@ -366,6 +367,60 @@ test_env_unset(void)
 	unsetenv("TRACEPARENT");
 	unsetenv("TRACESTATE");
 	unsetenv("TQ_KEEP");
+}
+
+/*
+ * pass_env: only the variables of tqd's environment that it names reach
+ * the program; the task's own (ExecSpec.env) always do.  The names match
+ * whole, a trailing * as a prefix.
+ */
+static void
+test_pass_env(void)
+{
+	char *argv[] = {"sh", "-c",
+					"printf '%s|%s|%s|%s|%s|%s' \"${PGPASSWORD-unset}\" "
+					"\"${AWS_SECRET_ACCESS_KEY-unset}\" \"${TQ_PASS_ME-unset}\" "
+					"\"${LC_TQTEST-unset}\" \"${TQ_TASK_ID-unset}\" \"${TQ_PASS_ME_NOT-unset}\"",
+					NULL};
+	char *env[] = {"TQ_TASK_ID=7", NULL};
+	ExecSpec s = spec_of(argv);
+	Case c;
+
+	ok(env_passed("PATH=/bin", "PATH HOME") && env_passed("HOME=/", "PATH HOME"),
+	   "env_passed: listed names pass");
+	ok(!env_passed("PATHX=1", "PATH") && !env_passed("PAT=1", "PATH"),
+	   "env_passed: a name matches whole, not as a prefix");
+	ok(env_passed("LC_ALL=C", "PATH LC_*") && env_passed("LC_=x", "LC_*") &&
+		   !env_passed("LANG=C", "LC_*"),
+	   "env_passed: NAME* matches the names that start with NAME");
+	ok(env_passed("ANY=1", "*") && env_passed("X=1", NULL), "env_passed: * and NULL pass all");
+	ok(!env_passed("PATH=/bin", "") && !env_passed("PATH=/bin", "  "),
+	   "env_passed: an empty list passes nothing");
+	ok(env_passed("B=1", " A\tB\n C "), "env_passed: any blanks between names");
+
+	setenv("PGPASSWORD", "hunter2", 1);
+	setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI", 1);
+	setenv("TQ_PASS_ME", "yes", 1);
+	setenv("TQ_PASS_ME_NOT", "no", 1);
+	setenv("LC_TQTEST", "lc", 1);
+	s.env = env;
+	s.pass_env = "PATH TQ_PASS_ME LC_*";
+	ok(run_case(&c, &s, 5), "pass_env: done");
+	is_str(c.res.output, "unset|unset|yes|lc|7|unset",
+		   "pass_env: secrets not listed stay with tqd; listed names, globs and the task's own "
+		   "variables reach the program");
+	exec_free(c.run);
+
+	s.pass_env = "";
+	ok(run_case(&c, &s, 5), "pass_env empty: done (sh found without PATH)");
+	is_str(c.res.output, "unset|unset|unset|unset|7|unset",
+		   "pass_env empty: only the task's own variables");
+	exec_free(c.run);
+	unsetenv("PGPASSWORD");
+	unsetenv("AWS_SECRET_ACCESS_KEY");
+	unsetenv("TQ_PASS_ME");
+	unsetenv("TQ_PASS_ME_NOT");
+	unsetenv("LC_TQTEST");
 }
 
 /* The test blocks SIGUSR2, ignores SIGPIPE and holds a descriptor without O_CLOEXEC. */
@@ -952,6 +1007,7 @@ main(int argc, char **argv)
 	test_input();
 	test_env();
 	test_env_unset();
+	test_pass_env();
 	test_child_state();
 	test_exit_codes();
 	test_signaled();

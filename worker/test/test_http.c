@@ -135,13 +135,79 @@ test_traceparent(void)
 	ok(!http_traceparent_ok(big), "traceparent: one more does not");
 }
 
+/* A task's tenant goes into X-TQ-Tenant only if it cannot break the header. */
+static void
+test_header_value(void)
+{
+	static const struct
+	{
+		const char *value;
+		const char *why;
+	} bad[] = {
+		{"acme\r\nX-Injected: yes", "control character 0x0d at byte 5"},
+		{"a\nb", "control character 0x0a at byte 2"},
+		{"tab\there", "control character 0x09 at byte 4"},
+		{"\x01", "control character 0x01 at byte 1"},
+		{"del\x7f", "control character 0x7f at byte 4"},
+		{"nel\xc2\x85x", "U+0085 at byte 4"},
+		{"ls\xe2\x80\xa8x", "U+2028 at byte 3"},
+		{"ps\xe2\x80\xa9", "U+2029 at byte 3"},
+	};
+	char why[128];
+
+	ok(http_header_value_ok("acme", why, sizeof(why)), "header value: a plain tenant passes");
+	ok(http_header_value_ok("caf\xc3\xa9 \xe2\x80\xa6 \xc2\xa0", why, sizeof(why)),
+	   "header value: other UTF-8 (é, …, no-break space) passes");
+	ok(http_header_value_ok("", why, sizeof(why)), "header value: empty passes");
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+	{
+		why[0] = '\0';
+		ok(!http_header_value_ok(bad[i].value, why, sizeof(why)), "header value: %s is refused",
+		   bad[i].why);
+		is_str(why, bad[i].why, "header value: ... and named");
+	}
+}
+
+/* What tqd prints of a URL: never the query, the fragment or user info. */
+static void
+test_url_redact(void)
+{
+	static const struct
+	{
+		const char *url;
+		const char *shown;
+	} cases[] = {
+		{"https://api.example.com/path", "https://api.example.com/path"},
+		{"https://api.example.com/path?api_key=s3cr3t", "https://api.example.com/path?<redacted>"},
+		{"https://api.example.com/p?a=1#frag", "https://api.example.com/p?<redacted>#<redacted>"},
+		{"https://api.example.com/p#frag?x=1", "https://api.example.com/p#<redacted>"},
+		{"http://127.0.0.1:8080?k=v", "http://127.0.0.1:8080?<redacted>"},
+		{"https://user:pw@host:1/p?q", "https://<redacted>@host:1/p?<redacted>"},
+		{"https://a@b@host/", "https://<redacted>@host/"},
+		{"https://host/users/a@b.com", "https://host/users/a@b.com"},
+		{"https://host/p?", "https://host/p"},
+		{"host/p?token=1", "host/p?<redacted>"},
+	};
+	char buf[256], small[16];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+	{
+		http_url_redact(cases[i].url, buf, sizeof(buf));
+		is_str(buf, cases[i].shown, "redact %s", cases[i].url);
+	}
+	http_url_redact("https://api.example.com/p?key=1", small, sizeof(small));
+	is_str(small, "https://api.exa", "redact: cut to fit the buffer");
+}
+
 int
 main(void)
 {
-	plan(48);
+	plan(48 + 19 + 11);
 	test_classify();
 	test_retry_after();
 	test_describe();
 	test_traceparent();
+	test_header_value();
+	test_url_redact();
 	return done_testing();
 }

@@ -23,7 +23,7 @@ main(void)
 {
 	char small[16];
 
-	plan(16);
+	plan(17);
 
 	/* Backoff: doubles from min, capped at max, jitter takes up to a quarter. */
 	ok(backoff_delay(1, 0.1, 10, 0) == 0.1, "backoff: the first retry waits min");
@@ -42,6 +42,12 @@ main(void)
 	quote_is("a=b", "\"a=b\"", "an equals sign needs quotes");
 	quote_is("say \"hi\"\\", "\"say \\\"hi\\\"\\\\\"", "quotes and backslashes are escaped");
 	quote_is("line1\nline2\t\x01", "\"line1\\nline2\\t\\x01\"", "control characters are escaped");
+	quote_is("a\xc2\x85"
+			 "b\xe2\x80\xa8"
+			 "c\xe2\x80\xa9"
+			 "d\xc3\xa9",
+			 "\"a\\u0085b\\u2028c\\u2029d\xc3\xa9\"",
+			 "U+0085, U+2028 and U+2029 are escaped, other UTF-8 kept");
 	logfmt_quote("a value much longer than the buffer", small, sizeof(small));
 	ok(strlen(small) < sizeof(small) && strstr(small, "...") != NULL,
 	   "logfmt: a long value is cut with an ellipsis");

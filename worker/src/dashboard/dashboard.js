@@ -2,6 +2,12 @@
 // tqd that serves this page, and refreshes itself.  Read-only.  Every value
 // is written with textContent, never as HTML: errors, logs and results are
 // whatever task handlers wrote.
+//
+// A tqd with http_token_file wants its token on every /api request.  It is
+// given once, as /#token=TOKEN (a fragment never reaches a server, a log or
+// a Referer), taken out of the address at once, and kept in this tab's
+// sessionStorage: per origin (scheme, host and port), gone with the tab.
+// Not a cookie: a cookie for a host goes to every port of that host.
 'use strict';
 
 (() => {
@@ -26,6 +32,44 @@
   }
 
   const $ = (sel) => document.querySelector(sel);
+
+  const TOKEN_KEY = 'tqd-token';
+  let token = null;
+  try {
+    token = sessionStorage.getItem(TOKEN_KEY);
+  } catch (e) {
+    token = null; // storage turned off: the token lasts until a reload
+  }
+
+  // #token=TOKEN in the address: keep it, and take it out of the address
+  // (and so out of the history).  True if there was one.
+  function takeToken() {
+    const m = /^#token=(.+)$/.exec(location.hash);
+    if (!m) return false;
+    try {
+      token = decodeURIComponent(m[1]);
+    } catch (e) {
+      token = m[1];
+    }
+    try {
+      sessionStorage.setItem(TOKEN_KEY, token);
+    } catch (e) {
+      // kept in memory only
+    }
+    history.replaceState(null, '', location.pathname + location.search);
+    return true;
+  }
+
+  // What to say when tqd refused to answer, or null.
+  function refusal(status) {
+    if (status === 401) {
+      return token
+        ? 'tqd refused the token: open this page as /#token=TOKEN with the token of its http_token_file'
+        : 'this tqd needs a token: open this page as /#token=TOKEN with the token of its http_token_file';
+    }
+    if (status === 421) return 'tqd does not answer to this host name: add it to http_allowed_hosts';
+    return null;
+  }
 
   function el(tag, text, cls) {
     const e = document.createElement(tag);
@@ -77,7 +121,8 @@
   async function getJSON(url) {
     let r;
     try {
-      r = await fetch(url, { cache: 'no-store' });
+      const headers = token ? { Authorization: 'Bearer ' + token } : {};
+      r = await fetch(url, { cache: 'no-store', headers });
     } catch (e) {
       return { status: 0, body: null };
     }
@@ -258,7 +303,8 @@
       showMessage(`No task ${id}: never submitted, or removed by retention.`, true);
       shownTask = { id, state: 'missing' };
     } else if (!quiet) {
-      showMessage((r.body && r.body.error) || `tqd answered ${r.status || 'nothing'}`, true);
+      showMessage(refusal(r.status) || (r.body && r.body.error) ||
+        `tqd answered ${r.status || 'nothing'}`, true);
     }
   }
 
@@ -277,6 +323,8 @@
       setStatus('updated ' + time(queues.body.now).slice(11, 19), false);
     } else if (queues.status === 0) {
       setStatus('tqd is unreachable', true);
+    } else if (refusal(queues.status)) {
+      setStatus(refusal(queues.status), true);
     } else {
       setStatus((queues.body && queues.body.error) || `tqd answered ${queues.status}`, true);
     }
@@ -312,8 +360,12 @@
       if (location.hash === '#task=' + id) taskFromHash();
       else location.hash = 'task=' + id;
     });
-    window.addEventListener('hashchange', taskFromHash);
+    window.addEventListener('hashchange', () => {
+      if (takeToken()) refresh();
+      else taskFromHash();
+    });
     $('#auto').addEventListener('change', schedule);
+    takeToken();
     taskFromHash();
     refresh().then(schedule);
   });
