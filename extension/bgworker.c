@@ -274,6 +274,7 @@ tq_worker_main(Datum arg)
 		TimestampTz now;
 		bool housekeeping;
 		long sleep_ms;
+		bool notify_pending;
 		MemoryContext oldcxt;
 
 		CHECK_FOR_INTERRUPTS();
@@ -344,6 +345,27 @@ tq_worker_main(Datum arg)
 		LWLockRelease(tq_shared->lock);
 
 		MemoryContextSwitchTo(oldcxt);
+
+		/*
+		 * Look again before sleeping.  A commit that flagged a queue while
+		 * this turn's transactions ran may have set our latch only for the
+		 * set to be lost: waiting for a heavyweight lock -- the notify
+		 * lock at commit, which tqd's completions (tq_done) take too --
+		 * sleeps on the latch and resets it.  Later commits for the same
+		 * queue see it flagged and do not set the latch again, so without
+		 * this the worker slept up to tq.worker_naptime with wake-ups
+		 * pending (issue 16: a listener got 87 tq_ready in 6 s with tqd
+		 * completing, 1 783 in 5 s without).
+		 */
+		LWLockAcquire(tq_shared->lock, LW_SHARED);
+		notify_pending = tq_shared->ready_all || tq_shared->nready > 0;
+		if (tq_shared->schedule_changed)
+			next_housekeeping =
+				Min(next_housekeeping,
+					TimestampTzPlusMilliseconds(last_housekeeping, tq_worker_min_interval));
+		LWLockRelease(tq_shared->lock);
+		if (notify_pending)
+			continue; /* paced at the top of the loop */
 
 		now = GetCurrentTimestamp();
 		sleep_ms = now >= next_housekeeping ? 0 : (long) ((next_housekeeping - now) / 1000) + 1;
