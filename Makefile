@@ -10,7 +10,7 @@
 #   make format     reformat the C sources with the pinned .clang-format
 PG_CONFIG ?= pg_config
 
-.PHONY: bench-ab all extension worker install uninstall check demo bench deps clean format format-check
+.PHONY: bench-ab bench-steady all extension worker install uninstall check demo bench deps clean format format-check
 
 # Our C sources, formatted by the pinned .clang-format.
 C_SOURCES = $(wildcard extension/*.c extension/*.h worker/src/*.c worker/src/*.h worker/test/*.c worker/test/*.h)
@@ -58,6 +58,11 @@ bench: deps
 	$(MAKE) install
 	$(MAKE) -C worker test/tqtest_httpd
 	test/bench/run.sh
+
+# Issue 16's steady load: open-loop submits into one tqd, submit-to-start.
+bench-steady: deps
+	$(MAKE) install
+	test/bench/steady.sh
 
 # The hot paths against an earlier revision (BASE=<rev>), side by side.
 bench-ab: deps
