@@ -56,6 +56,7 @@ typedef struct QueueConf
 	int line;            /* line of the section header, for messages */
 	HandlerKind handler; /* handler = noop | exec | sql */
 	int concurrency;     /* tasks of this queue at once in this tqd */
+	int lease_ahead;     /* most tasks leased ahead of a free slot; 0 = none */
 	double timeout;      /* s; 0 = the task's own timeout only; else the smaller */
 	double kill_grace;   /* s between SIGTERM and SIGKILL of a task's group */
 	/* exec */
@@ -91,6 +92,13 @@ typedef struct QueueConf
 	int aimd_slow_start;         /* 0 = off, 1 = on */
 } QueueConf;
 
+/* How a connection's transactions commit (lease_commit, outcome_commit). */
+typedef enum CommitMode
+{
+	COMMIT_SYNC,  /* the server's synchronous_commit */
+	COMMIT_ASYNC, /* synchronous_commit = off */
+} CommitMode;
+
 typedef struct Config
 {
 	char *path;                /* the file read */
@@ -100,6 +108,8 @@ typedef struct Config
 	int slots;                 /* tasks at once over all queues */
 	int lease_batch;           /* most tasks per tq_lease call */
 	double flush_interval;     /* s: outcomes are sent in groups this often */
+	int lease_commit;          /* CommitMode of leases and heartbeats */
+	int outcome_commit;        /* CommitMode of outcome batches */
 	double poll_interval;      /* s: lease without a notification this often */
 	double heartbeat_interval; /* s; 0 = a third of the shortest lease */
 	double drain_timeout;      /* s: SIGTERM waits this long for running tasks */

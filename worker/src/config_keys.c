@@ -20,6 +20,7 @@
 const char *const handler_names[] = {"noop", "exec", "sql", "http", NULL};
 static const char *const method_names[] = {"POST", "PUT", "PATCH", NULL};
 static const char *const off_on_names[] = {"off", "on", NULL};
+static const char *const commit_names[] = {"sync", "async", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warning", "error", NULL};
 
 #define KEY(scope_, struct_, field_, type_, def_, min_, max_, ...)                                 \
@@ -44,9 +45,19 @@ const KeyDef config_keys[NKEYS] = {
 	G(worker_name, KT_STRING, "", 0, 0,
 	  .desc = "This worker's name in tq's views and logs; empty = host:pid."),
 	G(slots, KT_INT, "16", 1, 10000, .desc = "Tasks running at once, over all queues."),
-	G(lease_batch, KT_INT, "50", 1, 10000, .desc = "Most tasks leased in one call."),
+	G(lease_batch, KT_INT, "200", 1, 10000, .desc = "Most tasks leased in one call."),
 	G(flush_interval, KT_DURATION, "5ms", 0, 10,
 	  .desc = "Outcomes of finished tasks are sent to the database in groups, this often."),
+	G(lease_commit, KT_ENUM, "async", 0, 0, .names = commit_names,
+	  .desc = "How leases and heartbeats commit: async (synchronous_commit = off on their "
+			  "connection: no wait for the disk; a lease a server crash loses only means the "
+			  "task runs again, and its lease token fences the old run's outcome) or sync "
+			  "(the server's setting).  Read at connect."),
+	G(outcome_commit, KT_ENUM, "sync", 0, 0, .names = commit_names,
+	  .desc = "How outcome batches (tq_complete, tq_fail, tq_release) commit: sync (the "
+			  "server's setting: an outcome others can see survives a server crash) or async "
+			  "(a crash may lose the last outcomes; those tasks run again, and tq_wait may have "
+			  "shown a result that is then replaced).  Read at connect."),
 	G(poll_interval, KT_DURATION, "5s", 10 * MS, HOUR,
 	  .desc = "Lease this often even without a notification, as a safety net."),
 	G(heartbeat_interval, KT_DURATION, "0", 0, HOUR,
@@ -104,6 +115,12 @@ const KeyDef config_keys[NKEYS] = {
 	Q(concurrency, KT_INT, "4", 1, 10000,
 	  .desc = "Tasks of this queue running at once in this tqd (http: the most requests "
 			  "in flight; the adaptive window stays at or below it)."),
+	Q(lease_ahead, KT_INT, "64", 0, 10000,
+	  .desc = "Most tasks of this queue leased ahead of a free slot, so that a slot that "
+			  "frees starts its next task without waiting for the database; sized from the "
+			  "queue's start rate and the lease round trip (none for a queue of long tasks), "
+			  "up to this.  Buffered tasks are leased: their leases are renewed, and they "
+			  "count against quotas.  0 = lease only for free slots."),
 	Q(timeout, KT_DURATION, "0", 0, 7 * 24 * HOUR,
 	  .desc = "Longest run of a task; 0 = the task's own timeout only, "
 			  "else the smaller of the two."),

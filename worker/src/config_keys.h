@@ -89,7 +89,7 @@ typedef struct KeyDef
 #define NAME_MAX_BYTES 63
 
 /* Keys in config_keys[] (config_keys.c checks the count when it compiles). */
-#define NKEYS 48
+#define NKEYS 51
 
 /* config_keys.c */
 

@@ -138,6 +138,15 @@ on_notify(Daemon *d, const char *channel, const char *payload)
 	}
 }
 
+/* The answer to SET synchronous_commit: only a failure is worth a line. */
+static void
+set_result(PgConn *c, const PGresult *res, void *arg)
+{
+	if (res != NULL && PQresultStatus(res) != PGRES_COMMAND_OK)
+		tlog(LOG_WARNING, "could not set synchronous_commit = off: commits wait for the disk",
+			 "conn=%s error=%s", pgc_name(c), kvq(pgc_error(res)));
+}
+
 /*
  * The events of the listen, work and report connections.  On connecting,
  * what may have been missed is caught up: every queue is wanted again
@@ -156,6 +165,17 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 			tlog(LOG_INFO, "connected", "conn=%s", pgc_name(c));
 			if (c == d->work)
 				d->shared_absent = false; /* the extension may have been updated */
+			/*
+			 * Asynchronous commit where the configuration asks for it,
+			 * before anything else on the connection (a pipeline keeps
+			 * the order).  Safe for leases: every call on a lease quotes
+			 * its random token, so a lease a crash lost cannot be taken
+			 * for the one made again (README, Guarantees).
+			 */
+			if ((c == d->work && d->config->lease_commit == COMMIT_ASYNC) ||
+				(c == d->report && d->config->outcome_commit == COMMIT_ASYNC))
+				if (!pgc_send(c, "SET synchronous_commit = off", 0, NULL, set_result, d))
+					return; /* the connection is being reset: CONNECTED comes again */
 			if (c == d->listen)
 			{
 				if (!pgc_send(c, "LISTEN tq_ready", 0, NULL, listen_result, d) ||

@@ -56,11 +56,13 @@
  */
 typedef enum TaskState
 {
-	TASK_NEW,     /* just leased: made but counted nowhere yet (calloc's zero) */
-	TASK_RUNNING, /* the handler works; counted in Daemon.running and Queue.running */
-	TASK_DONE,    /* outcome known, waiting for the next flush; counted in Daemon.waiting */
-	TASK_SENT,    /* outcome in a batch on its way; counted in Daemon.waiting */
-	TASK_FREED,   /* left tqd: counted nowhere, freed at once */
+	TASK_NEW,      /* just leased: made but counted nowhere yet (calloc's zero) */
+	TASK_BUFFERED, /* leased ahead, waiting for a slot; counted in Daemon.buffered and
+					* Queue.buffered, in its queue's buffer (Queue.bhead) */
+	TASK_RUNNING,  /* the handler works; counted in Daemon.running and Queue.running */
+	TASK_DONE,     /* outcome known, waiting for the next flush; counted in Daemon.waiting */
+	TASK_SENT,     /* outcome in a batch on its way; counted in Daemon.waiting */
+	TASK_FREED,    /* left tqd: counted nowhere, freed at once */
 	N_TASK_STATES
 } TaskState;
 
@@ -134,6 +136,7 @@ typedef struct SqlConn
 typedef struct Task
 {
 	struct Task *next, *prev; /* Daemon.tasks */
+	struct Task *bnext;       /* TASK_BUFFERED: the next in its queue's buffer */
 	struct Daemon *d;
 	Queue *queue;
 	long long id;
@@ -179,12 +182,18 @@ struct Queue
 {
 	struct Queue *next;
 	char *name;
-	const QueueConf *conf; /* in Daemon.config; NULL once the queue left the config */
-	int running;           /* tasks in TASK_RUNNING (kept by task_set_state) */
-	bool leasing;          /* a tq_lease call is on its way */
-	bool wanted;           /* there is probably work: lease when there is room */
-	SqlConn *pool;         /* sql handler: its connections */
-	Endpoint *ep;          /* http handler: its endpoint */
+	const QueueConf *conf;      /* in Daemon.config; NULL once the queue left the config */
+	int running;                /* tasks in TASK_RUNNING (kept by task_set_state) */
+	int buffered;               /* tasks in TASK_BUFFERED (likewise) */
+	struct Task *bhead, *btail; /* the buffer: leased ahead, started in this order */
+	double rate;                /* tasks started per second, smoothed (lease ahead's sizing) */
+	double rate_t;              /* ev_now() of the rate's last update */
+	long long rate_n;           /* started at that time */
+	double rtt;                 /* s: tq_lease's round trip, smoothed; 0: none yet */
+	bool leasing;               /* a tq_lease call is on its way */
+	bool wanted;                /* there is probably work: lease when there is room */
+	SqlConn *pool;              /* sql handler: its connections */
+	Endpoint *ep;               /* http handler: its endpoint */
 	/* for /metrics */
 	long long started;         /* tasks leased and started */
 	long long outcomes[N_OUT]; /* what became of them */
@@ -219,6 +228,7 @@ struct Daemon
 	Queue *queues;
 	Task *tasks;
 	int running;        /* tasks in TASK_RUNNING (kept by task_set_state) */
+	int buffered;       /* tasks in TASK_BUFFERED (likewise) */
 	int waiting;        /* tasks in TASK_DONE or TASK_SENT (likewise) */
 	int heartbeats;     /* heartbeat calls on their way */
 	bool hb_again;      /* heartbeat_soon while one was on its way */
@@ -270,6 +280,10 @@ extern RetryMode retry_mode_of(Outcome o);
 extern Task *task_find(Daemon *d, long long id);
 extern void task_start(Task *t);
 extern void task_stop(Task *t, Report report);
+/* Takes a buffered task out of its queue's buffer (its state is the caller's). */
+extern void buffer_unlink(Task *t);
+/* A buffered task, never started, handed back (tq_release) or dropped. */
+extern void task_unbuffer(Task *t, Report report);
 /* The handler ended (or was stopped): RUNNING -> DONE, or freed for REPORT_DROP. */
 extern void task_done(Task *t, Report report);
 /* Sets a failed attempt's error text and retry mode. */
@@ -293,6 +307,10 @@ extern void http_task_start(Task *t);
 
 /* Leases once this loop turn, if tqd is active. */
 extern void lease_soon(Daemon *d);
+/* Starts buffered tasks while slots (and http windows) have room. */
+extern void buffer_run(Daemon *d);
+/* Hands back every buffered task (of q, or of all queues when q is NULL). */
+extern void buffer_hand_back(Daemon *d, Queue *q);
 extern void lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents);
 extern void lease_poll_cb(struct ev_loop *loop, ev_timer *w, int revents);
 

@@ -13,6 +13,7 @@
  *
  * Ownership: a LeaseCall belongs to its query's callback, which frees it.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,8 +33,76 @@ typedef struct LeaseCall
 } LeaseCall;
 
 /*
- * Each row of tq_lease becomes a Task, started at once (or handed back at
- * once when its queue left the configuration or tqd is stopping); the
+ * Lease ahead: how many tasks of the queue to hold leased beyond its free
+ * slots, so that a slot that frees finds its next task here instead of
+ * waiting for a round trip.  The queue's start rate (smoothed over about
+ * a quarter of a second) times two lease round trips: what the slots take
+ * while the next lease is on its way, twice over.  A queue of long tasks
+ * starts few per round trip and buffers none (the floor), so a task is
+ * not held here while another worker could run it; a queue of quick ones
+ * buffers up to lease_ahead.  Buffered tasks are leased like running ones:
+ * their leases are renewed by the heartbeats, they count against the
+ * tenants' quotas, and they were claimed in fair order.
+ */
+static int
+lease_ahead_target(Queue *q, double now)
+{
+	double dt = now - q->rate_t;
+	double want;
+
+	if (q->conf->lease_ahead <= 0)
+		return 0;
+	if (dt >= 0.02)
+	{
+		double inst = (double) (q->started - q->rate_n) / dt;
+		double w = q->rate_t > 0 ? 1 - exp(-dt / 0.25) : 1;
+
+		q->rate += w * (inst - q->rate);
+		q->rate_t = now;
+		q->rate_n = q->started;
+	}
+	want = floor(q->rate * 2 * (q->rtt > 0 ? q->rtt : 0.001));
+	return want > q->conf->lease_ahead ? q->conf->lease_ahead : (int) want;
+}
+
+/*
+ * Starts buffered tasks, oldest first, while the slots, the queue's
+ * concurrency and (http) its endpoint's window have room.
+ */
+void
+buffer_run(Daemon *d)
+{
+	if (d->buffered == 0 || d->run_state != RUN_ACTIVE)
+		return;
+	for (Queue *q = d->queues; q; q = q->next)
+	{
+		while (q->bhead != NULL && d->running < d->config->slots && q->conf != NULL &&
+			   q->running < q->conf->concurrency &&
+			   (q->ep == NULL || aimd_limit(&q->ep->aimd) - q->ep->aimd.inflight > 0))
+		{
+			Task *t = q->bhead;
+
+			buffer_unlink(t);
+			(void) task_set_state(t, TASK_RUNNING);
+			task_start(t);
+		}
+	}
+}
+
+/* Hands back the buffered tasks of q (every queue's when NULL). */
+void
+buffer_hand_back(Daemon *d, Queue *q)
+{
+	for (Queue *x = d->queues; x; x = x->next)
+		if (q == NULL || x == q)
+			while (x->bhead != NULL)
+				task_unbuffer(x->bhead, REPORT_RELEASE);
+}
+
+/*
+ * Each row of tq_lease becomes a Task in its queue's buffer, started at
+ * once where a slot is free (buffer_run), or handed back at once when its
+ * queue left the configuration or tqd is stopping; the
  * heartbeat timer is brought forward when a lease is shorter than it
  * allows.
  */
@@ -50,7 +119,12 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	if (lc->ep)
 		lc->ep->asked -= lc->asked;
 	if (res != NULL)
-		histogram_observe(&d->lease_rtt, ev_time() - lc->sent);
+	{
+		double rtt = ev_time() - lc->sent;
+
+		histogram_observe(&d->lease_rtt, rtt);
+		q->rtt = q->rtt > 0 ? 0.8 * q->rtt + 0.2 * rtt : rtt;
+	}
 	if (res == NULL)
 	{
 		free(lc);
@@ -121,13 +195,17 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 		if (d->tasks)
 			d->tasks->prev = t;
 		d->tasks = t;
-		(void) task_set_state(t, TASK_RUNNING);
+		(void) task_set_state(t, TASK_BUFFERED);
 		ev_init(&t->sql_timer, sql_timeout);
-		if (q->conf == NULL || d->run_state != RUN_ACTIVE)
-			task_done(t, REPORT_RELEASE); /* left the config, or stopping */
+		if (q->btail)
+			q->btail->bnext = t;
 		else
-			task_start(t);
+			q->bhead = t;
+		q->btail = t;
+		if (q->conf == NULL || d->run_state != RUN_ACTIVE)
+			task_unbuffer(t, REPORT_RELEASE); /* left the config, or stopping */
 	}
+	buffer_run(d);
 	/* A full batch: there is probably more. */
 	q->wanted = n >= lc->asked;
 	free(lc);
@@ -156,10 +234,16 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 	int free_slots;
 
 	ev_idle_stop(loop, w);
+	buffer_run(d);
 	if (d->run_state != RUN_ACTIVE || !pgc_ready(d->work))
 		return;
-	if (d->waiting > 4 * d->config->slots)
-		return; /* outcomes pile up: the database is not taking them */
+	/*
+	 * Outcomes pile up: the database is not taking them.  A few flushes'
+	 * worth of the slots and of what one lease brings (lease ahead: a
+	 * quick queue's tasks end as fast as they are leased).
+	 */
+	if (d->waiting > 4 * d->config->slots + 4 * d->config->lease_batch)
+		return;
 	free_slots = d->config->slots - d->running;
 	for (Queue *q = d->queues; q && free_slots > 0; q = q->next)
 	{
@@ -169,21 +253,28 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		char queues[512];
 		const char *params[3];
 
+		int run_room, ahead;
+
 		if (q->conf == NULL || q->leasing || !q->wanted)
 			continue;
-		room = q->conf->concurrency - q->running;
-		if (room > free_slots)
-			room = free_slots;
-		if (room > d->config->lease_batch)
-			room = d->config->lease_batch;
+		/* What can start at once, then what may wait in the buffer. */
+		run_room = q->conf->concurrency - q->running;
+		if (run_room > free_slots)
+			run_room = free_slots;
 		if (q->ep != NULL)
 		{
 			/* The endpoint's window: what it takes decides what we lease. */
 			int window_room = aimd_limit(&q->ep->aimd) - q->ep->aimd.inflight - q->ep->asked;
 
-			if (room > window_room)
-				room = window_room;
+			if (run_room > window_room)
+				run_room = window_room;
 		}
+		if (run_room < 0)
+			run_room = 0;
+		ahead = lease_ahead_target(q, ev_now(loop));
+		room = run_room + ahead - q->buffered;
+		if (room > d->config->lease_batch)
+			room = d->config->lease_batch;
 		if (room <= 0)
 			continue;
 		snprintf(max, sizeof(max), "%d", room);
@@ -211,8 +302,8 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		q->leasing = true;
 		if (q->ep)
 			q->ep->asked += room;
-		/* Counted as taken until the answer comes. */
-		free_slots -= room;
+		/* Counted as taken until the answer comes (the buffer takes none). */
+		free_slots -= room < run_room ? room : run_room;
 	}
 }
 

@@ -112,6 +112,10 @@ metrics_render(Daemon *d, Buf *b)
 	help(b, "tqd_tasks_running", "gauge", "Tasks running in this tqd now, by queue.");
 	for (Queue *q = d->queues; q; q = q->next)
 		buf_printf(b, "tqd_tasks_running{queue=\"%s\"} %d\n", label(q->name), q->running);
+	help(b, "tqd_tasks_buffered", "gauge",
+		 "Tasks leased ahead and waiting here for a free slot, by queue (lease_ahead).");
+	for (Queue *q = d->queues; q; q = q->next)
+		buf_printf(b, "tqd_tasks_buffered{queue=\"%s\"} %d\n", label(q->name), q->buffered);
 	help(b, "tqd_slots", "gauge", "Tasks this tqd may run at once (slots).");
 	buf_printf(b, "tqd_slots %d\n", d->config->slots);
 	help(b, "tqd_outcomes_waiting", "gauge", "Finished tasks whose outcome is not yet reported.");
@@ -207,6 +211,7 @@ metrics_render_tqd(Daemon *d, Buf *b)
 	json_object_set_new(o, "started_at", json_real(d->started_at));
 	json_object_set_new(o, "slots", json_integer(d->config->slots));
 	json_object_set_new(o, "running", json_integer(d->running));
+	json_object_set_new(o, "buffered", json_integer(d->buffered));
 	json_object_set_new(o, "outcomes_waiting", json_integer(d->waiting));
 	json_object_set_new(o, "connected",
 						json_pack("{sbsbsbsb}", "work", pgc_ready(d->work), "report",
@@ -221,11 +226,11 @@ metrics_render_tqd(Daemon *d, Buf *b)
 		outcomes = json_object();
 		for (int k = 0; k < N_OUT; k++)
 			json_object_set_new(outcomes, outcome_label[k], json_integer(q->outcomes[k]));
-		json_array_append_new(queues,
-							  json_pack("{sssssisisIso}", "queue", q->name, "handler",
-										handler_name(q->conf->handler), "running", q->running,
-										"concurrency", q->conf->concurrency, "started",
-										(json_int_t) q->started, "outcomes", outcomes));
+		json_array_append_new(queues, json_pack("{sssssisisisIso}", "queue", q->name, "handler",
+												handler_name(q->conf->handler), "running",
+												q->running, "buffered", q->buffered, "concurrency",
+												q->conf->concurrency, "started",
+												(json_int_t) q->started, "outcomes", outcomes));
 	}
 	json_object_set_new(o, "queues", queues);
 	for (Endpoint *e = d->endpoints; e; e = e->next)

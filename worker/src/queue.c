@@ -147,7 +147,12 @@ void
 queues_sync(Daemon *d)
 {
 	for (Queue *q = d->queues; q; q = q->next)
+	{
+		/* A queue that leaves the configuration hands its buffer back (lease.c). */
+		if (config_queue(d->config, q->name) == NULL)
+			buffer_hand_back(d, q);
 		q->conf = NULL;
+	}
 	for (int i = 0; i < d->config->nqueues; i++)
 	{
 		const QueueConf *qc = &d->config->queues[i];

@@ -82,6 +82,7 @@ stop_begin(Daemon *d, bool fast)
 	{
 		(void) run_state_set(d, RUN_STOPPING);
 		ev_idle_stop(d->loop, &d->lease_idle);
+		buffer_hand_back(d, NULL);
 		ev_timer_stop(d->loop, &d->poll_timer);
 		/* The last flush gets this long; then tq reclaims what is left. */
 		ev_timer_stop(d->loop, &d->stop_timer);
@@ -146,6 +147,7 @@ signal_term_cb(struct ev_loop *loop, ev_signal *w, int revents)
 			 d->config->drain_timeout);
 		(void) run_state_set(d, RUN_DRAINING);
 		ev_idle_stop(loop, &d->lease_idle);
+		buffer_hand_back(d, NULL); /* never started: back at once */
 		ev_timer_stop(loop, &d->poll_timer);
 		ev_timer_set(&d->stop_timer, d->config->drain_timeout, 0.);
 		ev_timer_start(loop, &d->stop_timer);

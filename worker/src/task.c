@@ -8,11 +8,13 @@
  * place that keeps the counters of tasks per state: Daemon.running and
  * Queue.running (RUNNING), Daemon.waiting (DONE and SENT).
  *
- *	NEW -> RUNNING            lease.c made it from a row of tq_lease
+ *	NEW -> BUFFERED           lease.c made it from a row of tq_lease
+ *	BUFFERED -> RUNNING       a slot was free: started (buffer_run), or
+ *	                          handed back unstarted (task_unbuffer)
  *	RUNNING -> DONE           task_done: the handler ended or was stopped
  *	DONE -> SENT              report.c put its outcome in a batch
  *	SENT -> DONE              the batch did not land: again at the next flush
- *	RUNNING, DONE, SENT -> FREED
+ *	BUFFERED, RUNNING, DONE, SENT -> FREED
  *	                          task_free: its batch was answered, its lease
  *	                          was lost, or the daemon is freed
  *
@@ -35,8 +37,8 @@
 #include "log.h"
 #include "util.h"
 
-static const char *const task_state_name[N_TASK_STATES] = {"new", "running", "done", "sent",
-														   "freed"};
+static const char *const task_state_name[N_TASK_STATES] = {"new",  "buffered", "running",
+														   "done", "sent",     "freed"};
 
 /*
  * The legal changes of state, [from][to].  Any state but NEW may end in
@@ -45,7 +47,8 @@ static const char *const task_state_name[N_TASK_STATES] = {"new", "running", "do
  * SENT goes back to DONE when its batch did not land.
  */
 static const bool task_transitions[N_TASK_STATES][N_TASK_STATES] = {
-	[TASK_NEW] = {[TASK_RUNNING] = true},
+	[TASK_NEW] = {[TASK_BUFFERED] = true},
+	[TASK_BUFFERED] = {[TASK_RUNNING] = true, [TASK_FREED] = true},
 	[TASK_RUNNING] = {[TASK_DONE] = true, [TASK_FREED] = true},
 	[TASK_DONE] = {[TASK_SENT] = true, [TASK_FREED] = true},
 	[TASK_SENT] = {[TASK_DONE] = true, [TASK_FREED] = true},
@@ -57,6 +60,10 @@ task_count(Task *t, int by)
 {
 	switch (t->state)
 	{
+		case TASK_BUFFERED:
+			t->d->buffered += by;
+			t->queue->buffered += by;
+			break;
 		case TASK_RUNNING:
 			t->d->running += by;
 			t->queue->running += by;
@@ -174,6 +181,8 @@ task_free(Task *t)
 		d->tasks = t->next;
 	if (t->next)
 		t->next->prev = t->prev;
+	if (t->state == TASK_BUFFERED)
+		buffer_unlink(t);
 	(void) task_set_state(t, TASK_FREED);
 	if (t->run)
 		exec_free(t->run);
@@ -311,6 +320,57 @@ task_start(Task *t)
 }
 
 /*
+ * A buffered task leaves its queue's buffer (task_free, task_unbuffer, and
+ * buffer_run when it starts one).  The buffer is short (lease_ahead): a
+ * walk from its head is cheap.
+ */
+void
+buffer_unlink(Task *t)
+{
+	Queue *q = t->queue;
+	Task *prev = NULL;
+
+	for (Task *b = q->bhead; b; prev = b, b = b->bnext)
+	{
+		if (b != t)
+			continue;
+		if (prev)
+			prev->bnext = t->bnext;
+		else
+			q->bhead = t->bnext;
+		if (q->btail == t)
+			q->btail = prev;
+		t->bnext = NULL;
+		return;
+	}
+}
+
+/*
+ * A buffered task that will not start here: dropped with its lease
+ * (REPORT_DROP: the lease is lost), or handed back unrun (tq_release) with
+ * the next batch, as a running task stopped for the same reason would be.
+ */
+void
+task_unbuffer(Task *t, Report report)
+{
+	Daemon *d = t->d;
+
+	if (t->state != TASK_BUFFERED)
+		return;
+	if (report == REPORT_DROP)
+	{
+		tlog(LOG_WARNING, "buffered task dropped: its lease was lost",
+			 "task=%lld queue=%s attempt=%d", t->id, kvq(t->queue->name), t->attempt);
+		task_free(t);
+		stop_maybe_finish(d);
+		return;
+	}
+	buffer_unlink(t);
+	(void) task_set_state(t, TASK_RUNNING);
+	task_done(t, REPORT_RELEASE);
+}
+
+/*
  * Asks a running task to stop; its outcome will be report.  exec: the
  * program gets SIGTERM (SIGKILL after kill_grace); sql: the query runs on
  * (its connection is closed); http: the request is aborted (its connection
@@ -319,6 +379,11 @@ task_start(Task *t)
 void
 task_stop(Task *t, Report report)
 {
+	if (t->state == TASK_BUFFERED)
+	{
+		task_unbuffer(t, report);
+		return;
+	}
 	if (t->state != TASK_RUNNING)
 	{
 		/* Finished but not reported yet: the lease is gone, so is the outcome. */

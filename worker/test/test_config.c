@@ -172,8 +172,10 @@ check_global_defaults(const Config *c, const char *what)
 	is_str(c->conninfo, "", "%s: conninfo", what);
 	is_str(c->worker_name, "", "%s: worker_name", what);
 	is_int(c->slots, 16, "%s: slots", what);
-	is_int(c->lease_batch, 50, "%s: lease_batch", what);
+	is_int(c->lease_batch, 200, "%s: lease_batch", what);
 	ok(c->flush_interval == 0.005, "%s: flush_interval 5ms", what);
+	is_int(c->lease_commit, COMMIT_ASYNC, "%s: lease_commit async", what);
+	is_int(c->outcome_commit, COMMIT_SYNC, "%s: outcome_commit sync", what);
 	ok(c->poll_interval == 5, "%s: poll_interval 5s", what);
 	ok(c->heartbeat_interval == 0, "%s: heartbeat_interval 0", what);
 	ok(c->drain_timeout == 30, "%s: drain_timeout 30s", what);
@@ -197,6 +199,7 @@ static void
 check_queue_defaults(const QueueConf *q, const char *what)
 {
 	is_int(q->concurrency, 4, "%s: concurrency", what);
+	is_int(q->lease_ahead, 64, "%s: lease_ahead", what);
 	ok(q->timeout == 0, "%s: timeout 0", what);
 	ok(q->kill_grace == 5, "%s: kill_grace 5s", what);
 	is_int(q->max_output, 256 * 1024, "%s: max_output 256kB", what);
@@ -214,6 +217,8 @@ static const char *const global_keys[] = {"conninfo",
 										  "slots",
 										  "lease_batch",
 										  "flush_interval",
+										  "lease_commit",
+										  "outcome_commit",
 										  "poll_interval",
 										  "heartbeat_interval",
 										  "drain_timeout",
@@ -231,6 +236,7 @@ static const char *const global_keys[] = {"conninfo",
 										  "log_level"};
 static const char *const queue_keys[] = {"handler",
 										 "concurrency",
+										 "lease_ahead",
 										 "timeout",
 										 "kill_grace",
 										 "command",
@@ -511,7 +517,15 @@ test_values(void)
 	exec_key_fails("max_log_lines = 1000001",
 				   "key \"max_log_lines\": 1000001 is out of range (0 to 1000000)");
 
+	exec_key_fails("lease_ahead = -1", "key \"lease_ahead\": -1 is out of range (0 to 10000)");
+	exec_key_fails("lease_ahead = 10001",
+				   "key \"lease_ahead\": 10001 is out of range (0 to 10000)");
+
 	/* Enums. */
+	global_fails("lease_commit = off", "key \"lease_commit\": invalid value \"off\": expected "
+									   "sync or async");
+	global_fails("outcome_commit = ASYNC", "key \"outcome_commit\": invalid value \"ASYNC\": "
+										   "expected sync or async");
 	global_fails("log_level = verbose", "key \"log_level\": invalid value \"verbose\": expected "
 										"debug, info, warning or error");
 	global_fails("log_level = INFO", "key \"log_level\": invalid value \"INFO\": expected debug, "
@@ -1239,7 +1253,7 @@ test_exposed_secrets(void)
 int
 main(void)
 {
-	plan(365);
+	plan(378);
 	test_sample();
 	test_defaults();
 	test_values();
