@@ -10,7 +10,7 @@
 #   make format     reformat the C sources with the pinned .clang-format
 PG_CONFIG ?= pg_config
 
-.PHONY: bench-ab bench-steady all extension worker install uninstall check demo bench deps clean format format-check
+.PHONY: bench-ab bench-steady bench-drain all extension worker install uninstall check demo bench deps clean format format-check
 
 # Our C sources, formatted by the pinned .clang-format.
 C_SOURCES = $(wildcard extension/*.c extension/*.h worker/src/*.c worker/src/*.h worker/test/*.c worker/test/*.h)
@@ -58,6 +58,15 @@ bench: deps
 	$(MAKE) install
 	$(MAKE) -C worker test/tqtest_httpd
 	test/bench/run.sh
+	TQ_DRAIN_BASE=$${TQ_DRAIN_BASE-$(DRAIN_BASE)} test/bench/drain.sh
+
+# Issue 16's drain table at synchronous_commit = on and off, beside tqd of
+# DRAIN_BASE (0.6.0) and, with TQ_BENCH_PEER=1, graphile-worker.
+DRAIN_BASE ?= 7206ca7~1
+bench-drain: deps
+	$(MAKE) install
+	$(MAKE) -C worker test/tqtest_httpd
+	TQ_DRAIN_BASE=$${TQ_DRAIN_BASE-$(DRAIN_BASE)} test/bench/drain.sh
 
 # Issue 16's steady load: open-loop submits into one tqd, submit-to-start.
 bench-steady: deps

@@ -9,6 +9,10 @@
 #     concurrency = c, for c = 8 and 32;
 #   - the same through the http handler to the test server
 #     (worker/test/tqtest_httpd: answers 200 at once), window fixed at c;
+#   - with TQ_DRAIN_BASE=<git revision> (make bench: 0.6.0's last commit),
+#     the noop and http rows again with that revision's tqd (built from
+#     git archive into a temporary directory), on the same server and
+#     extension: the ratios of today's tqd to that one;
 #   - with TQ_BENCH_PEER=1, graphile-worker (test/bench/peer/graphile.sh:
 #     installed from npm into test/bench/peer, its own throughput preset,
 #     local queue c + 1, completions batched for 250 ms) draining as many
@@ -28,6 +32,7 @@
 #
 # Settings: TQ_DRAIN_N, TQ_DRAIN_ROUNDS, TQ_DRAIN_CS ("8 32"),
 # TQ_DRAIN_SYNC ("on off"), TQ_DRAIN_HTTP (1; 0 skips the http rows),
+# TQ_DRAIN_BASE,
 # TQ_BENCH_PEER, TQ_BENCH_PORT (21080), TQD_EXTRA (more [tqd] keys, for
 # trying settings).
 set -euo pipefail
@@ -66,6 +71,16 @@ cleanup_drain() { [ -z "$httpd_pid" ] || kill "$httpd_pid" 2>/dev/null || true; 
 trap 'cleanup_drain' EXIT
 if [ "$peer" = 1 ]; then
 	q postgres "CREATE DATABASE peer" >/dev/null
+fi
+base=${TQ_DRAIN_BASE:-}
+base_bin=
+if [ -n "$base" ]; then
+	mkdir -p "$work/base"
+	git -C "$top" archive "$base" worker | tar -x -C "$work/base" || fail "git archive $base failed"
+	make -C "$work/base/worker" >>"$log" 2>&1 || fail "could not build tqd at $base; see $log"
+	base_bin=$work/base/worker/tqd
+	base_version=$("$base_bin" --version | sed 's/^tqd //')
+	say "base: tqd $base_version from $base"
 fi
 if [ "$http" = 1 ]; then
 	[ -x "$httpd_bin" ] || fail "$httpd_bin is not built (make -C worker test/tqtest_httpd)"
@@ -114,10 +129,10 @@ drained()
 	           END LOOP; END \$\$" >/dev/null || fail "$2: tasks still live after 600 s"
 }
 
-# tqd_run C HANDLER: one drain; prints "rate server_us tqd_us".
+# tqd_run C HANDLER [BIN]: one drain; prints "rate server_us tqd_us".
 tqd_run()
 {
-	local c=$1 h=$2 before pid t0 t1 cpu0 cpu1 tcpu done_n
+	local c=$1 h=$2 bin=${3:-$tqd_bin} before pid t0 t1 cpu0 cpu1 tcpu done_n
 	tqd_conf "$c" "$h" >"$work/tqd.conf"
 	before=$(q "$db" "SELECT count(*) FROM tq.history WHERE state = 'succeeded'")
 	q "$db" "SELECT count(*) FROM tq_submit_many('drain', array_fill('{}'::jsonb, ARRAY[$n]))" >/dev/null
@@ -125,7 +140,7 @@ tqd_run()
 	q "$db" "CHECKPOINT" >/dev/null
 	cpu0=$(server_cpu)
 	t0=$(date +%s.%N)
-	"$tqd_bin" -c "$work/tqd.conf" 2>>"$work/tqd.log" &
+	"$bin" -c "$work/tqd.conf" 2>>"$work/tqd.log" &
 	pid=$!
 	drained drain "tqd c=$c $h"
 	t1=$(date +%s.%N)
@@ -147,7 +162,6 @@ peer_run()
 	out=$(TQ_PEER_PM_PID=$(head -n 1 "$tq_cluster_datadir/postmaster.pid") \
 		"$benchdir/peer/graphile.sh" peer "$1" "$n" 2>>"$log") || fail "graphile-worker c=$1 failed; see $log"
 	logonly "$out"
-	peer_version=$(sed -n 's/^graphile-worker \([^ ]*\) .*/\1/p' <<<"$out")
 	rate=$(sed -n 's/.* rate=\([0-9.]*\).*/\1/p' <<<"$out")
 	cpu=$(sed -n 's/.* server_cpu_s=\([0-9.]*\).*/\1/p' <<<"$out")
 	echo "$rate $(calc "$cpu / $n * 1000000") -"
@@ -155,12 +169,17 @@ peer_run()
 
 declare -A fig
 peer_version=
+[ "$peer" != 1 ] || peer_version=$(sed -n 's/.*"graphile-worker": *"\([^"]*\)".*/\1/p' "$benchdir/peer/package.json")
 for s in $syncs; do
 	set_sync "$s"
 	for c in $cs; do
 		for r in $(seq "$rounds"); do
 			fig[$s,$c,noop,$r]=$(tqd_run "$c" noop)
 			[ "$http" != 1 ] || fig[$s,$c,http,$r]=$(tqd_run "$c" http)
+			if [ -n "$base_bin" ]; then
+				fig[$s,$c,bnoop,$r]=$(tqd_run "$c" noop "$base_bin")
+				[ "$http" != 1 ] || fig[$s,$c,bhttp,$r]=$(tqd_run "$c" http "$base_bin")
+			fi
 			[ "$peer" != 1 ] || fig[$s,$c,peer,$r]=$(peer_run "$c")
 			logonly "round $r sync=$s c=$c: noop ${fig[$s,$c,noop,$r]} http ${fig[$s,$c,http,$r]:-} peer ${fig[$s,$c,peer,$r]:-}"
 		done
@@ -183,11 +202,15 @@ line() { printf '%-44s %10s %10s %9s %9s\n' "$@" | tee -a "$log"; }
 for c in $cs; do
 	kinds="noop"
 	[ "$http" != 1 ] || kinds="$kinds http"
+	[ -z "$base_bin" ] || kinds="$kinds bnoop"
+	[ -z "$base_bin" ] || [ "$http" != 1 ] || kinds="$kinds bhttp"
 	[ "$peer" != 1 ] || kinds="$kinds peer"
 	for k in $kinds; do
 		case $k in
 		noop) name="tqd, noop, c=$c" ;;
 		http) name="tqd, http to tqtest_httpd, c=$c" ;;
+		bnoop) name="tqd $base_version, noop, c=$c" ;;
+		bhttp) name="tqd $base_version, http, c=$c" ;;
 		peer) name="graphile-worker $peer_version, c=$c" ;;
 		esac
 		on=- off=- srv=- tcpu=-
@@ -197,6 +220,15 @@ for c in $cs; do
 		case " $syncs " in *" off "*) off=$(fmt_rate "$(med off "$c" "$k" 1)") ;; esac
 		line "$name" "$on" "$off" "$srv" "$tcpu"
 	done
+	if [ -n "$base_bin" ]; then
+		for s in $syncs; do
+			say "  tqd / tqd $base_version, c=$c, sync $s: noop $(fmt_ratio "$(calc "$(med "$s" "$c" noop 1) / $(med "$s" "$c" bnoop 1)")")$(
+				[ "$http" != 1 ] || printf ', http %s (target >= 1.5 at c=32)' "$(fmt_ratio "$(calc "$(med "$s" "$c" http 1) / $(med "$s" "$c" bhttp 1)")")")"
+		done
+		case " $syncs " in *" on "*)
+			[ "$http" != 1 ] || say "  tqd CPU per pushed task, c=$c: $(fmt_ratio "$(calc "$(med on "$c" http 3) / $(med on "$c" bhttp 3)")") of tqd $base_version's (target <= 0.5)" ;;
+		esac
+	fi
 	if [ "$peer" = 1 ]; then
 		for s in $syncs; do
 			say "  tqd noop / graphile-worker, c=$c, sync $s: $(fmt_ratio "$(calc "$(med "$s" "$c" noop 1) / $(med "$s" "$c" peer 1)")") (target >= 2)"

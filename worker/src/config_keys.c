@@ -115,7 +115,7 @@ const KeyDef config_keys[NKEYS] = {
 	Q(concurrency, KT_INT, "4", 1, 10000,
 	  .desc = "Tasks of this queue running at once in this tqd (http: the most requests "
 			  "in flight; the adaptive window stays at or below it)."),
-	Q(lease_ahead, KT_INT, "64", 0, 10000,
+	Q(lease_ahead, KT_INT, "128", 0, 10000,
 	  .desc = "Most tasks of this queue leased ahead of a free slot, so that a slot that "
 			  "frees starts its next task without waiting for the database; sized from the "
 			  "queue's start rate and the lease round trip (none for a queue of long tasks), "

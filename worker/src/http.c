@@ -468,6 +468,15 @@ http_client_new(struct ev_loop *loop, char *err, size_t errlen)
 	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
 	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+	/*
+	 * Keep every idle connection for reuse.  The default cache holds four
+	 * per handle added at the moment, and handles come and go with each
+	 * request: under load it closed one kept-alive connection in sixteen,
+	 * each a new TCP handshake (a tenth of tqd's CPU per pushed task).
+	 * Connections open at once are bounded by the requests in flight
+	 * (slots), so the cache cannot outgrow them.
+	 */
+	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 10000L);
 	return c;
 }
 

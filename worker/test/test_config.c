@@ -199,7 +199,7 @@ static void
 check_queue_defaults(const QueueConf *q, const char *what)
 {
 	is_int(q->concurrency, 4, "%s: concurrency", what);
-	is_int(q->lease_ahead, 64, "%s: lease_ahead", what);
+	is_int(q->lease_ahead, 128, "%s: lease_ahead", what);
 	ok(q->timeout == 0, "%s: timeout 0", what);
 	ok(q->kill_grace == 5, "%s: kill_grace 5s", what);
 	is_int(q->max_output, 256 * 1024, "%s: max_output 256kB", what);
