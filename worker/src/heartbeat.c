@@ -52,6 +52,8 @@ typedef struct HbCall
 	int n;
 	long long *ids;
 	int *attempts;
+	long long *tokens; /* and lease tokens: after a crash lost a lease, the
+						* same attempt may be leased again with a new one */
 } HbCall;
 
 /* The rows name the tasks whose lease is lost, or that were cancelled. */
@@ -72,14 +74,25 @@ heartbeat_result(PgConn *c, const PGresult *res, void *arg)
 			long long id = atoll(PQgetvalue(res, i, 0));
 			const char *reason = PQgetvalue(res, i, 1);
 			int attempt = -1;
+			long long token = 0;
 			Task *t;
 
 			for (int k = 0; k < hc->n; k++)
 				if (hc->ids[k] == id)
+				{
 					attempt = hc->attempts[k];
+					token = hc->tokens[k];
+				}
 			t = task_find(d, id);
-			if (t == NULL || t->attempt != attempt)
-				continue; /* gone, or a later attempt of the task */
+			if (t == NULL || t->attempt != attempt || t->lease_token != token)
+				continue; /* gone, or a later lease of the task */
+			/*
+			 * Its outcome is on its way: the heartbeat ran after the outcome
+			 * committed on the other connection (not lost: finished), or
+			 * the batch's answer says what became of it.
+			 */
+			if (t->state == TASK_SENT)
+				continue;
 			if (strcmp(reason, "cancelled") == 0)
 			{
 				tlog(LOG_INFO, "task cancelled: stopping it", "task=%lld queue=%s attempt=%d",
@@ -96,6 +109,7 @@ heartbeat_result(PgConn *c, const PGresult *res, void *arg)
 	}
 	free(hc->ids);
 	free(hc->attempts);
+	free(hc->tokens);
 	free(hc);
 	if (d->hb_again)
 	{
@@ -164,6 +178,7 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	hc->d = d;
 	hc->ids = xcalloc((size_t) n, sizeof(long long));
 	hc->attempts = xcalloc((size_t) n, sizeof(int));
+	hc->tokens = xcalloc((size_t) n, sizeof(long long));
 	ids[io++] = '{';
 	atts[ao++] = '{';
 	toks[to++] = '{';
@@ -176,6 +191,7 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 			any_token = true;
 		hc->ids[hc->n] = t->id;
 		hc->attempts[hc->n] = t->attempt;
+		hc->tokens[hc->n] = t->lease_token;
 		hc->n++;
 	}
 	ids[io] = '}';
@@ -196,6 +212,7 @@ heartbeat_cb(struct ev_loop *loop, ev_timer *w, int revents)
 	{
 		free(hc->ids);
 		free(hc->attempts);
+		free(hc->tokens);
 		free(hc);
 	}
 	free(ids);

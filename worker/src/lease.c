@@ -161,7 +161,22 @@ lease_result(PgConn *c, const PGresult *res, void *arg)
 	}
 	for (int i = 0; i < n; i++)
 	{
-		Task *t = xcalloc(1, sizeof(Task));
+		Task *t;
+		Task *old = task_find(d, atoll(PQgetvalue(res, i, c_id)));
+
+		/*
+		 * Leased again while tqd still holds it: the old lease was lost
+		 * (a server crash lost its commit, or it ran out), so its run and
+		 * outcome are stale; a batch must not name the task twice.  An
+		 * outcome already on its way is fenced by its token.
+		 */
+		if (old != NULL && old->state != TASK_SENT)
+		{
+			tlog(LOG_WARNING, "task leased again: its old lease was lost",
+				 "task=%lld queue=%s attempt=%d", old->id, kvq(old->queue->name), old->attempt);
+			task_stop(old, REPORT_DROP);
+		}
+		t = xcalloc(1, sizeof(Task));
 		double task_timeout =
 			PQgetisnull(res, i, c_timeout) ? 0 : atof(PQgetvalue(res, i, c_timeout));
 		double queue_timeout = q->conf ? q->conf->timeout : 0;
