@@ -58,15 +58,17 @@ bench: deps
 	$(MAKE) install
 	$(MAKE) -C worker test/tqtest_httpd
 	test/bench/run.sh
-	TQ_DRAIN_BASE=$${TQ_DRAIN_BASE-$(DRAIN_BASE)} test/bench/drain.sh
+	$(DRAIN)
 
 # Issue 16's drain table at synchronous_commit = on and off, beside tqd of
-# DRAIN_BASE (0.6.0) and, with TQ_BENCH_PEER=1, graphile-worker.
+# DRAIN_BASE (0.6.0; TQ_DRAIN_BASE= skips it) and, with TQ_BENCH_PEER=1,
+# graphile-worker.
 DRAIN_BASE ?= 7206ca7~1
+DRAIN = TQ_DRAIN_BASE=$${TQ_DRAIN_BASE-$(DRAIN_BASE)} test/bench/drain.sh
 bench-drain: deps
 	$(MAKE) install
 	$(MAKE) -C worker test/tqtest_httpd
-	TQ_DRAIN_BASE=$${TQ_DRAIN_BASE-$(DRAIN_BASE)} test/bench/drain.sh
+	$(DRAIN)
 
 # Issue 16's steady load: open-loop submits into one tqd, submit-to-start.
 bench-steady: deps

@@ -308,6 +308,9 @@ ok(poll(q{SELECT count(*) > 100 FROM tq.history WHERE queue = 'cap'}, 60), 'the 
 my $mid = scrape();
 my $mid_running = metric($mid, 'tqd_tasks_running', 'queue="cap"');
 ok(defined $mid_running && $mid_running <= 50, "during the run: tqd_tasks_running{queue=\"cap\"} = $mid_running, within the queue's concurrency");
+my $mid_buffered = metric($mid, 'tqd_tasks_buffered', 'queue="cap"');
+ok(defined $mid_buffered && $mid_buffered <= 128,
+	"during the run: tqd_tasks_buffered{queue=\"cap\"} = $mid_buffered, within lease_ahead (128)");
 my $mid_done = metric($mid, 'tqd_tasks_finished_total', 'queue="cap",outcome="succeeded"');
 my $db_done = sq(q{SELECT count(*) FROM tq.history WHERE queue = 'cap'});
 ok(defined $mid_done && $mid_done >= 100 && $mid_done <= $db_done + 50,
@@ -316,6 +319,7 @@ like(metric($mid, 'tqd_http_window', 'url="[^"]*' . $capped . '/ok"') // '', qr/
 ok(poll(q{SELECT count(*) = 1000 FROM tq.history WHERE queue = 'cap' AND state = 'succeeded'}, 120),
 	'1 000 tasks against capacity 20: every one succeeded');
 my $t1 = time;
+is(metric(scrape(), 'tqd_tasks_buffered', 'queue="cap"'), '0', 'after the run nothing is left buffered');
 
 # The window over time, from the status lines (every 100 ms) while work was there.
 my @trace;

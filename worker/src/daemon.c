@@ -172,10 +172,10 @@ conn_event(PgConn *c, PgConnEvent ev, const char *a, const char *b, void *arg)
 			 * its random token, so a lease a crash lost cannot be taken
 			 * for the one made again (README, Guarantees).
 			 */
-			if ((c == d->work && d->config->lease_commit == COMMIT_ASYNC) ||
-				(c == d->report && d->config->outcome_commit == COMMIT_ASYNC))
-				if (!pgc_send(c, "SET synchronous_commit = off", 0, NULL, set_result, d))
-					return; /* the connection is being reset: CONNECTED comes again */
+			if (((c == d->work && d->config->lease_commit == COMMIT_ASYNC) ||
+				 (c == d->report && d->config->outcome_commit == COMMIT_ASYNC)) &&
+				!pgc_send(c, "SET synchronous_commit = off", 0, NULL, set_result, d))
+				return; /* the connection is being reset: CONNECTED comes again */
 			if (c == d->listen)
 			{
 				if (!pgc_send(c, "LISTEN tq_ready", 0, NULL, listen_result, d) ||

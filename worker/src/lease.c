@@ -44,14 +44,11 @@ typedef struct LeaseCall
  * their leases are renewed by the heartbeats, they count against the
  * tenants' quotas, and they were claimed in fair order.
  */
-static int
-lease_ahead_target(Queue *q, double now)
+static void
+queue_rate_update(Queue *q, double now)
 {
 	double dt = now - q->rate_t;
-	double want;
 
-	if (q->conf->lease_ahead <= 0)
-		return 0;
 	if (dt >= 0.02)
 	{
 		double inst = (double) (q->started - q->rate_n) / dt;
@@ -61,6 +58,16 @@ lease_ahead_target(Queue *q, double now)
 		q->rate_t = now;
 		q->rate_n = q->started;
 	}
+}
+
+/* The buffer's size for the rate and round trip seen so far (above). */
+static int
+lease_ahead_target(const Queue *q)
+{
+	double want;
+
+	if (q->conf->lease_ahead <= 0)
+		return 0;
 	want = floor(q->rate * 2 * (q->rtt > 0 ? q->rtt : 0.001));
 	return want > q->conf->lease_ahead ? q->conf->lease_ahead : (int) want;
 }
@@ -286,7 +293,8 @@ lease_idle_cb(struct ev_loop *loop, ev_idle *w, int revents)
 		}
 		if (run_room < 0)
 			run_room = 0;
-		ahead = lease_ahead_target(q, ev_now(loop));
+		queue_rate_update(q, ev_now(loop));
+		ahead = lease_ahead_target(q);
 		room = run_room + ahead - q->buffered;
 		if (room > d->config->lease_batch)
 			room = d->config->lease_batch;
